@@ -1,0 +1,1 @@
+"""Backends that run a compiled Program: the host (onnxruntime) and the simulator."""

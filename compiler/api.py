@@ -1,0 +1,148 @@
+"""The Python API: what the CLI calls and what the tests call.
+
+    from compiler.api import compile_model, save_program, load_program, simulate, verify
+    prog = compile_model("model.onnx")
+    save_program(prog, "model.anac")
+    report = verify("model.onnx", program=prog, batch=4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from backends.simulator import Simulator, check_inputs, simulate
+from backends.verify import VerifyReport, verify_program
+from compiler.artifact import check_writable, default_output, load_program, report_json, save_program, summary
+from compiler.driver import PIPELINE, compile_model
+from compiler.errors import InputError, ShapeError
+from compiler.frontend import find_unsupported, import_model, load_onnx, tensor_info
+from compiler.hardware import HardwareSpec
+from compiler.ir import TensorInfo
+from compiler.lowering import lower
+from compiler.program import Program
+
+__all__ = ["PIPELINE", "Simulator", "check", "compile_model", "compile_to", "default_output", "load_inputs",
+           "load_program", "make_inputs", "model_inputs", "report_json", "save_program", "simulate", "summary",
+           "verify"]
+
+
+def compile_to(model: str | Path, out: str | Path | None = None, **kwargs: Any) -> tuple[Program, Path]:
+    """Compile ``model`` and write the program to ``out`` (default ``model.anac``)."""
+    out_path = Path(out) if out is not None else default_output(model)
+    check_writable(out_path)
+    prog = compile_model(model, **kwargs)
+    return prog, save_program(prog, out_path)
+
+
+def check(model: str | Path | onnx.ModelProto,
+          input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+    """Which nodes go to crossbars, which to the host (and why), which cannot be compiled."""
+    graph = import_model(load_onnx(model), input_shapes)
+    bad = {n.name: why for n, why in find_unsupported(graph)}
+    analog, host = [], []
+    for node in graph.nodes:
+        if node.name in bad:
+            continue
+        lowered = lower(node, graph)
+        if isinstance(lowered, str):
+            host.append({"node": node.name, "op_type": node.op_type, "reason": lowered})
+        else:
+            mvm, mats = lowered
+            analog.append({"node": node.name, "op_type": node.op_type, "matrices": len(mats),
+                           "shape": list(mats[0].shape), "weights": sum(m.weights.size for m in mats)})
+    unsupported = [{"node": n, "op_type": graph.node(n).op_type, "reason": why} for n, why in bad.items()]
+    return {"analog": analog, "host": host, "unsupported": unsupported, "ok": not unsupported}
+
+
+def model_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
+    """The model's real inputs (those not backed by an initializer), as declared."""
+    inits = {t.name for t in model.graph.initializer}
+    return [tensor_info(v) for v in model.graph.input if v.name not in inits]
+
+
+def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int = 0,
+                input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs: static dims as declared, a symbolic first dim set to ``batch`` (default 1)."""
+    rng = np.random.default_rng(seed)
+    given = input_shapes or {}
+    out = {}
+    for t in infos:
+        if t.elem_type == 0:
+            raise InputError(f"input '{t.name}' is not a tensor; give its values with --inputs")
+        if t.name in given:
+            shape = tuple(int(d) for d in given[t.name])
+        else:
+            if t.shape is None:
+                raise ShapeError(f"input '{t.name}' has no shape in the model; give it with --input-shape "
+                                 f"{t.name}=D0,D1,...")
+            shape = tuple(_dim(t, i, d, batch) for i, d in enumerate(t.shape))
+        dtype = t.dtype
+        if np.issubdtype(dtype, np.floating):
+            out[t.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            out[t.name] = rng.integers(0, 2, shape).astype(bool)
+        elif np.issubdtype(dtype, np.integer):
+            out[t.name] = rng.integers(0, 4, shape).astype(dtype)  # small: safe as indices into most tables
+        else:
+            raise InputError(f"input '{t.name}' is {dtype}; anac cannot make random values of that type, "
+                             f"give them with --inputs")
+    return out
+
+
+def _dim(t: TensorInfo, i: int, d: int | str | None, batch: int | None) -> int:
+    if isinstance(d, int):
+        if i == 0 and batch is not None and batch != d:
+            raise ShapeError(f"input '{t.name}' has a fixed first dim of {d}; --batch {batch} cannot apply")
+        return d
+    if i == 0:
+        return 1 if batch is None else batch
+    raise ShapeError(f"input '{t.name}': dim {i} is symbolic ('{d or '?'}'); give its value with --input-shape "
+                     f"{t.name}=" + ",".join(str(x) if isinstance(x, int) else "1" for x in t.shape or ()))
+
+
+def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
+    """Arrays of an .npz file keyed by input name."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise InputError(f"{p} is a single .npy array; give an .npz keyed by input name")
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read inputs from {p}: {e}") from None
+
+
+def verify(
+    model: str | Path | onnx.ModelProto,
+    *,
+    program: Program | str | Path | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    batch: int | None = None,
+    seed: int = 0,
+    mode: str = "ideal",
+    tolerance: float | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    hardware: HardwareSpec | str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> VerifyReport:
+    """Compile (unless ``program`` is given), simulate, and compare with onnxruntime on the original model."""
+    proto = load_onnx(model)
+    declared = model_inputs(proto)
+    if isinstance(program, (str, Path)):
+        program = load_program(program)
+    if inputs is None:
+        infos = program.inputs if program is not None else declared
+        inputs = make_inputs(infos, batch, seed, input_shapes)
+    else:
+        inputs = {k: np.asarray(v) for k, v in inputs.items() if k != "labels"}
+        check_inputs(declared, inputs)
+    if program is None:
+        program = compile_model(proto, input_shapes={k: v.shape for k, v in inputs.items()},
+                                hardware=hardware, options=options)
+    del proto
+    return verify_program(program, model, inputs, mode=mode, tolerance=tolerance)

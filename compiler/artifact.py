@@ -1,0 +1,211 @@
+"""Save and load a compiled program: the ``NAME.anac/`` directory.
+
+Layout: ``program.json`` (format, hardware spec, stages in execution order,
+MVMs, matrices, slices with their placement), ``weights.npz`` (per slice its
+weights, per MVM its digital bias; plain .npy members, never pickled),
+``host/<stage>.onnx`` and ``report.json`` (summary figures and pass timings).
+program.json and weights.npz are byte-identical for the same model and
+options. The directory is written under a temporary name and renamed, so a
+crash never leaves half a program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compiler import __version__
+from compiler.errors import ArtifactError
+from compiler.hardware import HardwareSpec
+from compiler.ir import Graph, TensorInfo
+from compiler.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps keep weights.npz byte-identical
+
+
+def default_output(model_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.anac`` beside it."""
+    p = Path(model_path)
+    return p.with_name(p.stem + ".anac")
+
+
+def program_json(prog: Program) -> dict[str, Any]:
+    """The JSON description of a program (no arrays, no timings)."""
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "compiler": f"anac {__version__}",
+        "model": prog.graph.name,
+        "inputs": [t.to_json() for t in prog.inputs],
+        "outputs": [t.to_json() for t in prog.outputs],
+        "options": prog.options,
+        "hardware": prog.hardware.to_json(),
+        "stages": [s.to_json() for s in prog.stages or []],
+        "mvms": [m.to_json() for m in (prog.mvms or {}).values()],
+        "matrices": [{"id": m.id, "node": m.node, "group": m.group, "shape": list(m.shape),
+                      "encoding": m.encoding} for m in (prog.matrices or {}).values()],
+        "slices": [s.to_json() for s in prog.slices or []],
+        "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
+    }
+
+
+def summary(prog: Program) -> dict[str, Any]:
+    """Headline figures: tiles, chips, devices, weights, stages."""
+    weights = prog.analog_weights
+    devices = prog.pcm_devices()
+    tiles = prog.tiles_used()
+    cap = prog.hardware.devices_per_tile * len(tiles)
+    stages = prog.stages or []
+    return {
+        "tiles": len(tiles),
+        "chips": prog.chips_used or 0,
+        "pcm_devices": devices,
+        "weights": weights,
+        "pcm_per_weight": round(devices / weights, 4) if weights else 0.0,
+        "device_utilisation": round(devices / cap, 4) if cap else 0.0,
+        "analog_nodes": len(prog.mvms or {}),
+        "host_nodes": sum(len(s.nodes) for s in stages if s.kind == "host"),
+        "analog_stages": sum(s.kind == "analog" for s in stages),
+        "host_stages": sum(s.kind == "host" for s in stages),
+        "slices": len(prog.slices or []),
+    }
+
+
+def report_json(prog: Program) -> dict[str, Any]:
+    """report.json: the summary, per-layer figures, placement status and pass timings."""
+    layers = []
+    for mvm in (prog.mvms or {}).values():
+        mats = [prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
+        ids = set(mvm.matrices)
+        sl = [s for s in prog.slices or [] if s.matrix in ids]
+        layers.append({"node": mvm.node, "op_type": mvm.op_type, "weights": sum(m.weights.size for m in mats),
+                       "matrices": len(mats), "shape": list(mats[0].shape), "encoding": mats[0].encoding,
+                       "slices": len(sl), "tiles": len({(s.chip, s.tile) for s in sl})})
+    return {**summary(prog), "layers": layers, "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
+            "timings_s": {k: round(v, 4) for k, v in prog.timings.items()}}
+
+
+def check_writable(out: str | Path) -> Path:
+    """Fail early, before a long compile, when the program cannot be written to ``out``."""
+    out = Path(out)
+    parent = out.parent
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"cannot write the program to {out}: a file of that name exists")
+    if out.exists() and not (out / "program.json").is_file() and any(out.iterdir()):
+        raise ArtifactError(f"cannot write the program to {out}: it is a non-empty directory that holds no "
+                            f"compiled program; anac replaces only its own output")
+    if not parent.is_dir():
+        raise ArtifactError(f"cannot write the program to {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cannot write the program to {out}: directory {parent} is not writable")
+    return parent
+
+
+def save_program(prog: Program, out: str | Path) -> Path:
+    """Write the program directory atomically; return its path."""
+    out = Path(out)
+    parent = check_writable(out)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise ArtifactError(f"cannot write the program to {out}: {e.strerror} ({parent})") from None
+    try:
+        _write(prog, tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.replace(out, old / "program")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:
+        raise ArtifactError(f"cannot write the program to {out}: {e.strerror}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write(prog: Program, where: Path) -> None:
+    (where / "host").mkdir()
+    (where / "program.json").write_text(json.dumps(program_json(prog), indent=1, sort_keys=True) + "\n")
+    (where / "report.json").write_text(json.dumps(report_json(prog), indent=1, sort_keys=True) + "\n")
+    arrays: list[tuple[str, np.ndarray]] = []
+    for s in prog.slices or []:
+        w = prog.matrices[s.matrix].weights  # type: ignore[index]
+        arrays.append((f"slice_{s.id}", w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]))
+    for i, mvm in enumerate((prog.mvms or {}).values()):
+        if mvm.bias is not None:
+            arrays.append((f"bias_{i}", mvm.bias))
+    _write_npz(where / "weights.npz", arrays)
+    for st in prog.stages or []:
+        if st.kind == "host" and st.model is not None:
+            (where / "host" / f"{st.name}.onnx").write_bytes(st.model.SerializeToString(deterministic=True))
+
+
+def _write_npz(path: Path, arrays: list[tuple[str, np.ndarray]]) -> None:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays:
+            info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def load_program(path: str | Path) -> Program:
+    """Read a program directory written by ``save_program``."""
+    path = Path(path)
+    pj = path / "program.json"
+    if not pj.is_file():
+        raise ArtifactError(f"{path} is not a compiled program (no program.json)")
+    try:
+        data = json.loads(pj.read_text())
+    except (ValueError, OSError) as e:
+        raise ArtifactError(f"{pj} is unreadable: {e}") from None
+    if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
+        raise ArtifactError(f"{pj} is format {data.get('format')!r} version {data.get('version')!r}; "
+                            f"this anac reads {FORMAT_NAME!r} version {FORMAT_VERSION}")
+    try:
+        with np.load(path / "weights.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ArtifactError(f"{path / 'weights.npz'} is unreadable: {e}") from None
+    inputs = [TensorInfo.from_json(t) for t in data["inputs"]]
+    outputs = [TensorInfo.from_json(t) for t in data["outputs"]]
+    graph = Graph(data["model"], [], inputs, outputs, {}, {}, {}, 0)
+    prog = Program(graph, HardwareSpec.from_json(data["hardware"]), inputs, outputs, options=data["options"])
+    slices = [Slice.from_json(s) for s in data["slices"]]
+    matrices = {}
+    for m in data["matrices"]:
+        w = np.zeros(tuple(m["shape"]), dtype=np.float32)
+        matrices[m["id"]] = Matrix(m["id"], m["node"], m["group"], w, m["encoding"])
+    for s in slices:
+        matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]] = arrays[f"slice_{s.id}"]
+    mvms = {}
+    for i, m in enumerate(data["mvms"]):
+        bias = arrays.get(f"bias_{i}") if m["has_bias"] else None
+        mvms[m["node"]] = MVM(m["node"], m["op_type"], m["kind"], m["input"], m["output"], m["matrices"],
+                              bias=bias, alpha=m["alpha"], params=m["params"])
+    stages = []
+    for s in data["stages"]:
+        st = Stage(s["name"], s["kind"], s["inputs"], s["outputs"], s["nodes"])
+        if st.kind == "host":
+            try:
+                st.model = onnx.load(str(path / s["model"]))
+            except (OSError, ValueError) as e:
+                raise ArtifactError(f"host stage {st.name}: cannot read {path / s['model']}: {e}") from None
+        stages.append(st)
+    prog.stages, prog.mvms, prog.matrices, prog.slices = stages, mvms, matrices, slices
+    prog.chips_used = data["placement"]["chips"]
+    prog.placement_info = {k: v for k, v in data["placement"].items() if k != "chips"}
+    prog.produced.update({"partition", "slices", "placement"})
+    prog.verify()
+    return prog

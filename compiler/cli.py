@@ -1,0 +1,214 @@
+"""The ``anac`` command: a thin shell over compiler.api.
+
+Each command parses its options, calls the API function the tests call and
+prints. AnacErrors print as one paragraph on stderr with exit 1; click's
+usage errors exit 2; progress goes to stderr; ``--json`` prints one JSON
+object on stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from compiler import __version__
+from compiler.errors import AnacError
+
+log = logging.getLogger("anac")
+
+
+def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for v in values:
+        name, sep, dims = v.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            raise click.BadParameter(f"'{v}' is not NAME=D0,D1,... (for example input=1,64)",
+                                     param_hint="--input-shape") from None
+    return shapes
+
+
+def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn AnacErrors into a one-paragraph message and exit 1; set up progress logging."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, quiet: bool = False, **kwargs: Any) -> Any:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("anac: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING if quiet else logging.INFO)
+        for noisy in ("onnxscript", "onnx_ir", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            return fn(*args, **kwargs)
+        except AnacError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        finally:
+            root.removeHandler(handler)
+    return click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")(wrapper)
+
+
+def _json_out(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+_shape_option = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,...",
+                             help="Bind an input's shape (symbolic dims); repeatable.")
+_hw_option = click.option("--hardware", type=click.Path(dir_okay=False), default=None,
+                          help="Hardware description (JSON or TOML): a preset plus overrides.")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="anac")
+def main() -> None:
+    """anac: compile ONNX models to analog in-memory-computing chips (PCM crossbars)."""
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(), default=None, help="Program directory (default MODEL.anac).")
+@_hw_option
+@_shape_option
+@click.option("--encoding", default=None, help="Weight encoding for every layer (default: the hardware's).")
+@click.option("--split-strategy", type=click.Choice(["fill", "even"]), default=None, help="How matrices are cut.")
+@click.option("--max-chips", type=click.IntRange(min=1), default=None, help="Fail if the model needs more chips.")
+@click.option("--dump-dir", type=click.Path(file_okay=False), default=None, help="Write what each pass produced.")
+@_json_option
+@_command
+def compile_cmd(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...],
+                encoding: str | None, split_strategy: str | None, max_chips: int | None, dump_dir: str | None,
+                as_json: bool) -> None:
+    """Compile MODEL (.onnx) into a program directory."""
+    from dataclasses import replace
+
+    from compiler.api import compile_to, summary
+    from compiler.hardware import load_hardware
+
+    spec = load_hardware(hardware)
+    if max_chips is not None:
+        spec = replace(spec, max_chips=max_chips).validate()
+    prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape),
+                           options={"encoding": encoding, "strategy": split_strategy}, dump_dir=dump_dir)
+    s = summary(prog)
+    if as_json:
+        _json_out({**s, "output": str(out)})
+        return
+    click.echo(f"wrote {out}")
+    click.echo(f"  {s['analog_nodes']} analog nodes, {s['weights']:,} weights in {s['slices']} slices on "
+               f"{s['tiles']} tiles of {s['chips']} chip(s); {s['pcm_devices']:,} PCM devices "
+               f"({s['pcm_per_weight']} per weight); {s['host_stages']} host stage(s)")
+
+
+@main.command("check")
+@click.argument("model", type=click.Path(dir_okay=False))
+@_shape_option
+@_json_option
+@_command
+def check_cmd(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
+    """Say which nodes go to crossbars, which to the host, and which cannot be compiled."""
+    from compiler.api import check
+
+    rep = check(model, _parse_shapes(input_shape))
+    if as_json:
+        _json_out(rep)
+    else:
+        click.echo(f"crossbar (analog) nodes: {len(rep['analog'])}")
+        for a in rep["analog"]:
+            click.echo(f"  {a['node']} ({a['op_type']}): {a['matrices']} x {a['shape'][0]}x{a['shape'][1]}, "
+                       f"{a['weights']:,} weights")
+        click.echo(f"host nodes: {len(rep['host'])}")
+        for h in rep["host"]:
+            click.echo(f"  {h['node']} ({h['op_type']}): {h['reason']}")
+        if rep["unsupported"]:
+            click.echo(f"cannot be compiled: {len(rep['unsupported'])}")
+            for u in rep["unsupported"]:
+                click.echo(f"  {u['node']} ({u['op_type']}): {u['reason']}")
+    if rep["unsupported"]:
+        sys.exit(1)
+
+
+@main.command("inspect")
+@click.argument("program", type=click.Path(file_okay=False))
+@_json_option
+@_command
+def inspect_cmd(program: str, as_json: bool) -> None:
+    """Show the tile placement of a compiled PROGRAM directory, per chip, and a summary."""
+    from compiler.api import load_program
+    from compiler.views import placement_table, render_text
+
+    prog = load_program(program)
+    if as_json:
+        _json_out(placement_table(prog))
+    else:
+        click.echo(render_text(prog))
+
+
+@main.command("verify")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--program", type=click.Path(file_okay=False), default=None, help="A compiled program to verify.")
+@click.option("--inputs", type=click.Path(dir_okay=False, exists=True), default=None,
+              help=".npz of inputs keyed by input name.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch of seeded random inputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--mode", type=click.Choice(["ideal"]), default="ideal", show_default=True)
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              help="Largest relative error that passes (default 1e-5 in ideal mode).")
+@_hw_option
+@_shape_option
+@_json_option
+@_command
+def verify_cmd(model: str, program: str | None, inputs: str | None, batch: int | None, seed: int, mode: str,
+               tolerance: float | None, hardware: str | None, input_shape: tuple[str, ...], as_json: bool) -> None:
+    """Simulate the compiled MODEL and compare it with onnxruntime on the original."""
+    from compiler.api import load_inputs, verify
+
+    if inputs is not None and batch is not None:
+        raise click.UsageError("--batch makes random inputs; it cannot be used with --inputs")
+    rep = verify(model, program=program, inputs=load_inputs(inputs) if inputs else None, batch=batch, seed=seed,
+                 mode=mode, tolerance=tolerance, input_shapes=_parse_shapes(input_shape), hardware=hardware)
+    if as_json:
+        _json_out(rep.to_json())
+    else:
+        click.echo(f"{'output':<24} {'max_abs_err':>12} {'rel_err':>12} {'cosine':>10} {'argmax':>8}")
+        for name, o in rep.outputs.items():
+            am = "-" if o.argmax_agreement is None else f"{o.argmax_agreement:.4f}"
+            click.echo(f"{name:<24} {o.max_abs_err:>12.4g} {o.rel_err:>12.4g} {o.cosine:>10.6f} {am:>8}")
+        click.echo(f"{'PASSED' if rep.passed else 'FAILED'} ({rep.mode} mode, tolerance {rep.tolerance:g})")
+    if not rep.passed:
+        sys.exit(1)
+
+
+@main.command("passes")
+@_json_option
+@_command
+def passes_cmd(as_json: bool) -> None:
+    """List the pass pipeline with what each pass requires and produces."""
+    import dataclasses
+
+    from compiler.driver import PIPELINE
+
+    rows = [{"name": p.name, "requires": list(p.requires), "produces": list(p.produces),
+             "options": {f.name: getattr(p, f.name) for f in dataclasses.fields(p)},  # type: ignore[arg-type]
+             "doc": (type(p).__doc__ or "").strip().splitlines()[0]} for p in PIPELINE]
+    if as_json:
+        _json_out({"pipeline": rows})
+        return
+    for i, r in enumerate(rows, 1):
+        opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items()) or "-"
+        click.echo(f"{i}. {r['name']}: {r['doc']}\n     requires: {', '.join(r['requires'])}; "
+                   f"produces: {', '.join(r['produces'])}; options: {opts}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

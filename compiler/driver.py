@@ -1,0 +1,115 @@
+"""The driver: the one PIPELINE, and ``compile_model`` that runs it.
+
+Before any work the driver checks that each pass's ``requires`` is produced
+by an earlier pass; after each pass it runs ``Program.verify()``, times the
+pass, and can dump what it produced. An exception escaping a pass carries a
+note naming the pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import onnx
+
+from compiler.errors import PipelineError
+from compiler.frontend import check_supported, import_model, load_onnx
+from compiler.hardware import HardwareSpec, load_hardware
+from compiler.program import Program
+from passes.partition import Partition
+from passes.place import Place
+from passes.split_matrices import SplitMatrices
+
+log = logging.getLogger(__name__)
+
+
+class Pass(Protocol):
+    name: str
+    requires: tuple[str, ...]
+    produces: tuple[str, ...]
+
+    def run(self, prog: Program) -> None: ...
+
+
+PIPELINE: tuple[Pass, ...] = (Partition(), SplitMatrices(), Place())
+
+
+def pass_options(pipeline: Sequence[Pass] = PIPELINE) -> dict[str, list[str]]:
+    """Option names each pass accepts (its dataclass fields)."""
+    return {p.name: [f.name for f in dataclasses.fields(p)] for p in pipeline}  # type: ignore[arg-type]
+
+
+def configure(options: Mapping[str, Any], pipeline: Sequence[Pass] = PIPELINE) -> tuple[Pass, ...]:
+    """The pipeline with each pass's fields set from ``options`` (keys ``pass.field`` or ``field``)."""
+    configured = []
+    for p in pipeline:
+        names = {f.name for f in dataclasses.fields(p)}  # type: ignore[arg-type]
+        kw = {k.split(".", 1)[-1]: v for k, v in options.items()
+              if v is not None and (k in names or k.startswith(p.name + ".") and k.split(".", 1)[1] in names)}
+        configured.append(dataclasses.replace(p, **kw) if kw else p)  # type: ignore[type-var]
+    return tuple(configured)
+
+
+def check_pipeline(pipeline: Sequence[Pass]) -> None:
+    """Every pass's requirements are produced by an earlier pass."""
+    have = {"graph"}
+    for p in pipeline:
+        missing = [r for r in p.requires if r not in have]
+        if missing:
+            raise PipelineError(f"pass '{p.name}' requires {', '.join(missing)}, which no earlier pass produces")
+        have.update(p.produces)
+
+
+def compile_model(
+    model: str | Path | onnx.ModelProto,
+    *,
+    hardware: HardwareSpec | str | Path | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    options: Mapping[str, Any] | None = None,
+    dump_dir: str | Path | None = None,
+    pipeline: Sequence[Pass] = PIPELINE,
+    progress: Callable[[str], None] | None = None,
+) -> Program:
+    """Compile an ONNX model (path or ModelProto) into a placed Program."""
+    say = progress or log.info
+    spec = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
+    options = dict(options or {})
+    passes = configure(options, pipeline)
+    check_pipeline(passes)
+    t0 = time.perf_counter()
+    proto = load_onnx(model)
+    graph = import_model(proto, input_shapes)
+    del proto
+    check_supported(graph)
+    frontend_s = time.perf_counter() - t0
+    say(f"frontend: {len(graph.nodes)} nodes, {graph.weight_count:,} constant values ({frontend_s:.2f} s)")
+    prog = Program(graph, spec, list(graph.inputs), list(graph.outputs),
+                   options={k: v for k, v in sorted(options.items()) if v is not None})
+    prog.timings["frontend"] = frontend_s
+    for i, p in enumerate(passes):
+        t = time.perf_counter()
+        try:
+            p.run(prog)
+            prog.verify()
+        except Exception as e:
+            e.add_note(f"in pass '{p.name}' ({i + 1} of {len(passes)})")
+            raise
+        prog.produced.update(p.produces)
+        prog.timings[p.name] = time.perf_counter() - t
+        say(f"pass {p.name}: {prog.timings[p.name]:.2f} s")
+        if dump_dir is not None:
+            _dump(prog, Path(dump_dir), i, p.name)
+    return prog
+
+
+def _dump(prog: Program, where: Path, index: int, name: str) -> None:
+    from compiler.artifact import program_json
+
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{index + 1:02d}_{name}.json").write_text(json.dumps(program_json(prog), indent=1, sort_keys=True))

@@ -1,0 +1,341 @@
+"""ONNX -> Graph: load, bind input shapes, fold constants, infer shapes, check.
+
+What it expects: an ONNX file or ModelProto from any exporter. What it
+produces: a ``Graph`` whose weights are numpy constants (Constant,
+ConstantOfShape and Shape-derived subgraphs folded), every node named and
+shape-inferred, dead nodes removed, and every node either crossbar-mappable
+or runnable by onnxruntime; otherwise one error lists all offending nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from compiler.errors import ModelLoadError, ShapeError, UnsupportedModelError
+from compiler.ir import Dim, Graph, Node, TensorInfo, node_reads
+from compiler.lowering import ANALOG_OPS, lower
+
+log = logging.getLogger(__name__)
+
+# Ops whose output depends on more than their inputs: never folded.
+_NO_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+            "Bernoulli", "If", "Loop", "Scan", "SequenceMap"}
+# Constants this small go to shape inference as initializers, so data propagation sees them.
+_SMALL_CONSTANT = 4096
+_FOLD_ROUNDS = 4
+
+
+def load_onnx(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """Read and structurally check an ONNX model; every failure is a ModelLoadError."""
+    if isinstance(source, onnx.ModelProto):
+        model, where = source, "the model"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelLoadError(f"{path} is a directory, not an ONNX file")
+        try:
+            model = onnx.load(str(path))
+        except (DecodeError, ValueError, RuntimeWarning) as e:
+            raise ModelLoadError(f"{path} is not a readable ONNX model (truncated or not ONNX): {e}") from None
+        except OSError as e:
+            raise ModelLoadError(f"cannot read {path} or its external data: {e}") from None
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise ModelLoadError(f"{where} holds no ONNX graph (truncated or not an ONNX file)")
+    if model.ir_version <= 0:
+        raise ModelLoadError(f"{where} has no IR version; it is not an ONNX model")
+    try:
+        if model.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ModelLoadError(f"{where} is not a valid ONNX model: {first}") from None
+    return model
+
+
+def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Lower a loaded ModelProto to a Graph with bound shapes and folded constants."""
+    g = model.graph
+    opset = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in model.opset_import}
+    constants = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for sp in g.sparse_initializer:
+        constants[sp.values.name] = numpy_helper.to_array(onnx.helper.make_tensor(  # densify
+            sp.values.name, sp.values.data_type, list(sp.dims), _densify(sp)))
+    inputs = [tensor_info(v) for v in g.input if v.name not in constants]
+    outputs = [tensor_info(v) for v in g.output]
+    inputs = _bind_shapes(inputs, input_shapes or {})
+    nodes = _named_nodes(g.node)
+    graph = Graph(g.name or "model", nodes, inputs, outputs, constants, {}, opset, int(model.ir_version),
+                  tuple(model.functions))
+    _eliminate_dead(graph)
+    for _ in range(_FOLD_ROUNDS):
+        _infer_shapes(graph)
+        if not _fold_constants(graph):
+            break
+        _eliminate_dead(graph)
+    _infer_shapes(graph)
+    graph.outputs = [graph.value_info.get(t.name, t) if not t.is_static else t for t in graph.outputs]
+    return graph
+
+
+def find_unsupported(graph: Graph) -> list[tuple[Node, str]]:
+    """Every node that is neither crossbar-mappable nor runnable by onnxruntime, with why."""
+    bad = []
+    local = {(f.domain, f.name) for f in graph.functions}
+    for node in graph.nodes:
+        if node.op_type in ANALOG_OPS and node.domain in ("", "ai.onnx") and not isinstance(lower(node, graph), str):
+            continue
+        reason = _host_issue(node, graph.opset, local)
+        if reason:
+            bad.append((node, reason))
+    return bad
+
+
+def check_supported(graph: Graph) -> None:
+    """Raise one UnsupportedModelError listing every node anac cannot compile."""
+    bad = find_unsupported(graph)
+    if bad:
+        lines = "; ".join(f"{n.label}: {why}" for n, why in bad)
+        raise UnsupportedModelError(
+            f"{len(bad)} node(s) can neither be mapped to crossbars nor run on the host by onnxruntime: {lines}")
+
+
+def _densify(sp: onnx.SparseTensorProto) -> np.ndarray:
+    dense = np.zeros(int(np.prod(sp.dims)), dtype=onnx.helper.tensor_dtype_to_np_dtype(sp.values.data_type))
+    idx = numpy_helper.to_array(sp.indices)
+    vals = numpy_helper.to_array(sp.values)
+    if idx.ndim == 2:
+        idx = np.ravel_multi_index(tuple(idx.T), tuple(sp.dims))
+    dense[idx] = vals
+    return dense
+
+
+def tensor_info(v: onnx.ValueInfoProto) -> TensorInfo:
+    """TensorInfo of an ONNX value; symbolic dims keep their names, unknown dims are None."""
+    t = v.type
+    if not t.HasField("tensor_type"):
+        return TensorInfo(v.name, 0, None, raw_type=t)  # sequences/maps (e.g. ZipMap outputs): host only
+    tt = t.tensor_type
+    shape: tuple[Dim, ...] | None = None
+    if tt.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+    return TensorInfo(v.name, int(tt.elem_type), shape)
+
+
+def _bind_shapes(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]]) -> list[TensorInfo]:
+    names = [t.name for t in inputs]
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise ShapeError(f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are: "
+                         f"{', '.join(names) or '(none)'}")
+    symbols: dict[str, int] = {}
+    for t in inputs:
+        if t.name in given and t.shape is not None:
+            shape = [int(d) for d in given[t.name]]
+            if len(shape) != len(t.shape):
+                raise ShapeError(f"input '{t.name}' has rank {len(t.shape)} {_fmt(t.shape)}; "
+                                 f"the shape given for it has rank {len(shape)} ({','.join(map(str, shape))})")
+            for i, (d, v) in enumerate(zip(t.shape, shape, strict=True)):
+                if v <= 0:
+                    raise ShapeError(f"input '{t.name}': dim {i} must be positive, got {v}")
+                if isinstance(d, int) and d != v:
+                    raise ShapeError(f"input '{t.name}' dim {i} is fixed to {d} by the model; "
+                                     f"--input-shape gives {v}")
+                if isinstance(d, str):
+                    symbols.setdefault(d, v)
+    bound = []
+    for t in inputs:
+        if t.elem_type == 0 or t.shape is None:
+            if t.name in given and t.elem_type != 0:
+                bound.append(TensorInfo(t.name, t.elem_type, tuple(int(v) for v in given[t.name])))
+                continue
+            raise ShapeError(f"input '{t.name}' has no tensor type or shape in the model; "
+                             f"give it with --input-shape {t.name}=D0,D1,...")
+        dims: list[Dim] = []
+        for i, d in enumerate(t.shape):
+            if t.name in given:
+                dims.append(int(given[t.name][i]))
+            elif isinstance(d, int):
+                dims.append(d)
+            elif isinstance(d, str) and d in symbols:
+                dims.append(symbols[d])
+            else:
+                what = f"symbolic ('{d}')" if d else "unknown"
+                example = ",".join(str(x) if isinstance(x, int) else "1" for x in t.shape)
+                raise ShapeError(f"input '{t.name}' {_fmt(t.shape)}: dim {i} is {what} and no value was given; "
+                                 f"bind it with --input-shape {t.name}={example}")
+        bound.append(TensorInfo(t.name, t.elem_type, tuple(dims)))
+    return bound
+
+
+def _fmt(shape: Sequence[Dim]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _named_nodes(protos: Sequence[onnx.NodeProto]) -> list[Node]:
+    nodes, seen = [], set()
+    for i, p in enumerate(protos):
+        name = p.name or f"{p.op_type}_{i}"
+        base, k = name, 1
+        while name in seen:
+            name, k = f"{base}_{k}", k + 1
+        seen.add(name)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in p.attribute}
+        domain = "" if p.domain == "ai.onnx" else p.domain
+        nodes.append(Node(name, p.op_type, list(p.input), list(p.output), attrs, domain, tuple(p.attribute)))
+    return nodes
+
+
+def _eliminate_dead(graph: Graph) -> None:
+    """Drop nodes whose outputs reach no graph output, and constants no one reads."""
+    live = {t.name for t in graph.outputs}
+    kept: list[Node] = []
+    for node in reversed(graph.nodes):
+        if any(o in live for o in node.outputs if o):
+            kept.append(node)
+            live.update(node_reads(node))
+    graph.nodes = kept[::-1]
+    graph.constants = {k: v for k, v in graph.constants.items() if k in live}
+
+
+def _infer_shapes(graph: Graph) -> None:
+    """ONNX shape inference with data propagation; big constants enter as typed inputs."""
+    small = [numpy_helper.from_array(v, k) for k, v in graph.constants.items() if v.size <= _SMALL_CONSTANT]
+    big = [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+           for k, v in graph.constants.items() if v.size > _SMALL_CONSTANT]
+    proto = onnx.helper.make_graph([n.to_onnx() for n in graph.nodes], graph.name,
+                                   [t.to_onnx() for t in graph.inputs] + big,
+                                   [t.to_onnx() for t in graph.outputs], small)
+    model = onnx.helper.make_model(proto, opset_imports=[onnx.helper.make_opsetid(d, v)
+                                                         for d, v in graph.opset.items()],
+                                   functions=list(graph.functions))
+    model.ir_version = max(graph.ir_version, 4)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        log.warning("shape inference failed, continuing with partial shapes: %s", e)
+        return
+    for v in list(inferred.graph.value_info) + list(inferred.graph.output):
+        info = tensor_info(v)
+        if info.elem_type:
+            graph.value_info[v.name] = info
+
+
+def _fold_constants(graph: Graph) -> bool:
+    """Evaluate nodes whose inputs are all known constants; return whether any folded."""
+    keep_outputs = {t.name for t in graph.outputs}
+    remaining: list[Node] = []
+    folded = False
+    for node in graph.nodes:
+        value = None
+        if not any(o in keep_outputs for o in node.outputs):
+            value = _try_fold(node, graph)
+        if value is None:
+            remaining.append(node)
+            continue
+        for name, arr in zip(node.outputs, value, strict=False):
+            if name:
+                graph.constants[name] = arr
+        folded = True
+    graph.nodes = remaining
+    return folded
+
+
+def _try_fold(node: Node, graph: Graph) -> list[np.ndarray] | None:
+    if node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD:
+        return None
+    if node.op_type == "Shape":
+        info = graph.info(node.inputs[0])
+        if info is None or not info.is_static:
+            return None
+        shape = np.array(info.shape, dtype=np.int64)
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+        return [shape[start:end]]
+    if node.op_type == "Size":
+        info = graph.info(node.inputs[0])
+        if info is None or not info.is_static:
+            return None
+        return [np.array(int(np.prod(info.shape)), dtype=np.int64)]  # type: ignore[arg-type]
+    if not all(i in graph.constants for i in node.inputs if i):
+        return None
+    args = [graph.constants[i] if i else None for i in node.inputs]
+    if node.op_type == "Constant" and "value" in node.attrs:
+        return [numpy_helper.to_array(node.attrs["value"])]
+    if node.op_type == "ConstantOfShape":
+        t = node.attrs.get("value")
+        fill = numpy_helper.to_array(t).reshape(-1) if t is not None else np.zeros(1, np.float32)
+        return [np.full(tuple(int(d) for d in args[0]), fill[0], dtype=fill.dtype)]  # type: ignore[union-attr]
+    if node.op_type == "Identity":
+        return [args[0]]  # type: ignore[list-item]
+    return _reference_eval(node, graph, args)
+
+
+def _reference_eval(node: Node, graph: Graph, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {n: a for n, a in zip(node.inputs, args, strict=True) if n and a is not None}
+    ins = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+           for n, a in feeds.items()]
+    outs = [onnx.helper.make_empty_tensor_value_info(o) for o in node.outputs if o]
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([node.to_onnx()], "fold", ins, outs),
+        opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in graph.opset.items()])
+    model.ir_version = max(graph.ir_version, 4)
+    try:
+        results = ReferenceEvaluator(model).run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - any failure just means "leave it to the host"
+        log.debug("not folding %s: %s", node.label, e)
+        return None
+    return [np.asarray(r) for r in results]
+
+
+@lru_cache(maxsize=1)
+def _ort_kernels() -> dict[tuple[str, str], list[tuple[int, int]]]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    kernels: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for k in ort_c.get_all_opkernel_def():
+        if k.provider == "CPUExecutionProvider":
+            domain = "" if k.domain == "ai.onnx" else k.domain
+            kernels.setdefault((domain, k.op_name), []).append(tuple(k.version_range))
+    return kernels
+
+
+def _host_issue(node: Node, opset: dict[str, int], local: set[tuple[str, str]]) -> str | None:
+    """Why onnxruntime (CPU) cannot run ``node``, or None if it can."""
+    domain = node.domain
+    if (domain, node.op_type) in local:
+        return None
+    version = opset.get(domain)
+    if version is None:
+        return f"the model imports no opset for domain '{domain}'"
+    try:
+        schema = onnx.defs.get_schema(node.op_type, version, domain)
+    except onnx.defs.SchemaError:
+        schema = None
+    ranges = _ort_kernels().get((domain, node.op_type))
+    if schema is not None and (schema.has_function or schema.has_context_dependent_function) and not ranges:
+        return None  # onnxruntime expands function ops into their body
+    if not ranges:
+        where = f"domain '{domain}'" if domain else "the ONNX domain"
+        return f"onnxruntime has no CPU kernel for {node.op_type} in {where} and it is not a crossbar op"
+    if schema is None:
+        return None if any(lo <= version for lo, _ in ranges) else \
+            f"onnxruntime's {node.op_type} kernels need a newer opset than {version}"
+    sv = schema.since_version
+    if any(lo <= sv <= hi for lo, hi in ranges):
+        return None
+    if schema.has_function or schema.has_context_dependent_function:
+        return None
+    have = ", ".join(f"{lo}-{hi if hi < 2**31 - 1 else ''}" for lo, hi in sorted(ranges))
+    return f"onnxruntime has no CPU kernel for {node.op_type} version {sv} (opset {version}); it has versions {have}"

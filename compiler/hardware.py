@@ -1,0 +1,235 @@
+"""The hardware description: every number the compiler uses about the chip.
+
+A ``HardwareSpec`` is a preset plus overrides read from a JSON or TOML file.
+No pass holds a hardware constant; they all read this spec. The default
+preset is IBM's 14-nm PCM chip (Ambrogio et al., Nature 2023); a Mythic
+M1076-like flash preset shows the same fields describing another chip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import HardwareSpecError
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one weight is stored: devices per weight, and weights per unit cell.
+
+    A unit cell holds ``devices_per_cell`` devices; an encoding with fewer
+    devices per weight packs ``weights_per_cell`` weights into one cell, on
+    different input rows (IBM 2-PCM: two differential pairs per 4-PCM cell).
+    """
+
+    name: str
+    devices_per_weight: int
+    weights_per_cell: int = 1
+    significance_factor: float = 1.0  # F: MSB pair weighted F x the LSB pair
+    bits_per_device: int | None = None  # None: analog conductance, not discrete levels
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """Statistical device model (aihwkit PCMLikeNoiseModel for PCM); units uS and s."""
+
+    kind: str = "pcm"
+    g_max_us: float = 25.0
+    prog_noise_poly: tuple[float, ...] = (0.26348, 1.9650, -1.1731)
+    drift_t0_s: float = 20.0
+    drift_mu: tuple[float, float, float, float] = (-0.0155, 0.0244, 0.049, 0.1)  # a, b, lo, hi
+    drift_sigma: tuple[float, float, float, float] = (-0.0125, -0.0059, 0.008, 0.045)
+    read_noise_q: tuple[float, float, float, float] = (0.0088, 0.65, 1e-3, 0.2)  # c, exp, floor, cap
+    t_read_s: float = 250e-9
+
+
+@dataclass(frozen=True)
+class Links:
+    """How chips exchange data: topology, bandwidth and latency of each link."""
+
+    topology: str = "host"  # "host" (all-to-all through the host), "ring" or "mesh"
+    bandwidth_bytes_per_ns: float = 1.0
+    latency_ns: float = 1000.0
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """One chip family: tiles, crossbar size, encodings, I/O, device model, links."""
+
+    name: str
+    tiles_per_chip: int
+    tile_rows: int  # unit-cell rows per crossbar (inputs)
+    tile_cols: int  # unit-cell columns per crossbar (outputs)
+    devices_per_cell: int
+    encodings: tuple[Encoding, ...]
+    default_encoding: str
+    device: DeviceModel = field(default_factory=DeviceModel)
+    links: Links = field(default_factory=Links)
+    input_bits: int = 8
+    input_encoding: str = "pwm"  # pulse-width modulated durations
+    output_bits: int = 8
+    output_encoding: str = "ramp"  # charge -> duration by ramp comparison
+    analog_activations: tuple[str, ...] = ("Relu", "HardSigmoid", "HardTanh")
+    partial_sums: str = "host"  # where partial sums across tiles are added
+    io_pads_per_chip: int = 6
+    mvm_time_ns: float = 100.0
+    max_chips: int | None = None  # None: as many chips as the model needs
+
+    def encoding(self, name: str) -> Encoding:
+        for e in self.encodings:
+            if e.name == name:
+                return e
+        known = ", ".join(e.name for e in self.encodings)
+        raise HardwareSpecError(f"unknown encoding '{name}' for hardware '{self.name}'; known: {known}")
+
+    def weight_grid(self, encoding: str) -> tuple[int, int]:
+        """Weights per tile as (rows, columns) under an encoding."""
+        e = self.encoding(encoding)
+        return self.tile_rows * e.weights_per_cell, self.tile_cols
+
+    @property
+    def devices_per_tile(self) -> int:
+        return self.tile_rows * self.tile_cols * self.devices_per_cell
+
+    def validate(self) -> HardwareSpec:
+        """Check the numbers are consistent; return self."""
+        for f in ("tiles_per_chip", "tile_rows", "tile_cols", "devices_per_cell", "input_bits", "output_bits"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise HardwareSpecError(f"hardware '{self.name}': {f} must be a positive integer, got {v!r}")
+        if self.max_chips is not None and (not isinstance(self.max_chips, int) or self.max_chips <= 0):
+            raise HardwareSpecError(
+                f"hardware '{self.name}': max_chips must be a positive integer, got {self.max_chips!r}")
+        if not self.encodings:
+            raise HardwareSpecError(f"hardware '{self.name}' declares no encodings")
+        for e in self.encodings:
+            if e.devices_per_weight <= 0 or e.weights_per_cell <= 0:
+                raise HardwareSpecError(
+                    f"encoding '{e.name}': devices_per_weight and weights_per_cell must be positive")
+            if e.devices_per_weight * e.weights_per_cell > self.devices_per_cell:
+                raise HardwareSpecError(
+                    f"encoding '{e.name}': {e.weights_per_cell} weights x {e.devices_per_weight} devices "
+                    f"exceed the {self.devices_per_cell} devices of a unit cell")
+        self.encoding(self.default_encoding)
+        if self.partial_sums not in ("host", "chip"):
+            raise HardwareSpecError(f"partial_sums must be 'host' or 'chip', got {self.partial_sums!r}")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HardwareSpec:
+        return _build(data, base=None)
+
+
+IBM_PCM_14NM = HardwareSpec(
+    name="ibm-pcm-14nm",
+    tiles_per_chip=34,
+    tile_rows=512,
+    tile_cols=512,
+    devices_per_cell=4,
+    encodings=(
+        Encoding("4-PCM", devices_per_weight=4, weights_per_cell=1),
+        Encoding("2-PCM", devices_per_weight=2, weights_per_cell=2),
+    ),
+    default_encoding="4-PCM",
+)
+
+# Mythic M1076-like: 76 tiles of about 1024 x 1024 flash cells, one cell per
+# weight at 8-bit levels, activations in digital units, chips joined over PCIe.
+MYTHIC_M1076 = HardwareSpec(
+    name="mythic-m1076",
+    tiles_per_chip=76,
+    tile_rows=1024,
+    tile_cols=1024,
+    devices_per_cell=1,
+    encodings=(Encoding("flash-8b", devices_per_weight=1, bits_per_device=8),),
+    default_encoding="flash-8b",
+    device=DeviceModel(kind="flash"),
+    links=Links(topology="host", bandwidth_bytes_per_ns=4.0, latency_ns=1000.0),
+    input_encoding="dac",
+    output_encoding="adc",
+    analog_activations=(),
+    partial_sums="chip",
+    io_pads_per_chip=1,
+)
+
+PRESETS: dict[str, HardwareSpec] = {IBM_PCM_14NM.name: IBM_PCM_14NM, MYTHIC_M1076.name: MYTHIC_M1076}
+DEFAULT_PRESET = IBM_PCM_14NM.name
+
+
+def load_hardware(path: str | Path | None = None, preset: str | None = None) -> HardwareSpec:
+    """A preset, overridden by the keys of a JSON or TOML file when given."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_spec_file(Path(path))
+    name = preset or data.pop("preset", None) or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise HardwareSpecError(f"unknown hardware preset '{name}'; known: {', '.join(PRESETS)}")
+    return _build(data, base=PRESETS[name])
+
+
+def _read_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise HardwareSpecError(f"cannot read hardware file {path}: {e.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                try:
+                    import tomli as tomllib  # type: ignore[no-redef]
+                except ModuleNotFoundError:
+                    raise HardwareSpecError("reading TOML needs Python 3.11+ or the tomli package; "
+                                            "or give the hardware file as JSON") from None
+            data = tomllib.loads(text.decode("utf-8"))
+        else:
+            data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HardwareSpecError(f"hardware file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None
+    if not isinstance(data, dict):
+        raise HardwareSpecError(f"hardware file {path} must hold a table/object at the top level")
+    return data
+
+
+def _build(data: dict[str, Any], base: HardwareSpec | None) -> HardwareSpec:
+    """Apply ``data`` (nested dicts) over ``base`` (or build from scratch), then validate."""
+    data = dict(data)
+    known = {f.name for f in fields(HardwareSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HardwareSpecError(f"unknown hardware field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "encodings" in data:
+        data["encodings"] = tuple(_sub(Encoding, e, None, "encodings") for e in data["encodings"])
+    for key, cls in (("device", DeviceModel), ("links", Links)):
+        if key in data:
+            data[key] = _sub(cls, data[key], getattr(base, key) if base else None, key)
+    for key in ("analog_activations",):
+        if key in data:
+            data[key] = tuple(data[key])
+    try:
+        spec = replace(base, **data) if base is not None else HardwareSpec(**data)
+    except TypeError as e:
+        raise HardwareSpecError(f"incomplete hardware description: {e}") from None
+    return spec.validate()
+
+
+def _sub(cls: type, value: Any, base: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise HardwareSpecError(f"hardware field '{where}' must be a table/object, got {type(value).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise HardwareSpecError(
+            f"unknown field(s) in '{where}': {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    try:
+        return replace(base, **value) if base is not None else cls(**value)
+    except TypeError as e:
+        raise HardwareSpecError(f"incomplete '{where}' in hardware description: {e}") from None

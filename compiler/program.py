@@ -1,0 +1,209 @@
+"""The Program: the graph plus what each pass computed, one typed field per stage.
+
+A field is ``None`` until the pass that produces it has run. ``verify()``
+checks cheap invariants after every pass (the driver calls it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compiler.hardware import HardwareSpec
+from compiler.ir import Graph, TensorInfo
+
+FORMAT_NAME = "anac-program"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Matrix:
+    """One crossbar weight matrix W (K rows = inputs, N columns = outputs)."""
+
+    id: str
+    node: str  # the MVM it belongs to
+    group: int  # conv group index (0 for dense layers)
+    weights: np.ndarray  # float32, K x N, C-contiguous
+    encoding: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.weights.shape  # type: ignore[return-value]
+
+
+@dataclass
+class MVM:
+    """An analog op lowered to y = alpha * (x @ W) + bias, per group.
+
+    ``kind`` says how the activation becomes rows of x: "dense" takes the last
+    axis (``transpose`` when the constant is the left MatMul operand or Gemm has
+    transA), "conv" unfolds receptive fields (im2col).
+    """
+
+    node: str
+    op_type: str
+    kind: str  # "dense" or "conv"
+    input: str
+    output: str
+    matrices: list[str]
+    bias: np.ndarray | None = None  # per output column (or broadcastable Gemm C)
+    alpha: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "op_type": self.op_type, "kind": self.kind, "input": self.input,
+                "output": self.output, "matrices": self.matrices, "alpha": self.alpha,
+                "has_bias": self.bias is not None, "params": self.params}
+
+
+@dataclass
+class Stage:
+    """A step of execution: an analog stage (MVMs) or a host stage (an ONNX subgraph)."""
+
+    name: str
+    kind: str  # "analog" or "host"
+    inputs: list[str]
+    outputs: list[str]
+    nodes: list[str]  # source node names
+    model: onnx.ModelProto | None = field(default=None, repr=False)  # host stages only
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind, "inputs": self.inputs,
+                             "outputs": self.outputs, "nodes": self.nodes}
+        if self.kind == "host":
+            d["model"] = f"host/{self.name}.onnx"
+        return d
+
+
+@dataclass
+class Slice:
+    """A rectangle of one matrix that fits one crossbar, and where it sits."""
+
+    id: int
+    matrix: str
+    rows: tuple[int, int]  # [start, stop) in the matrix
+    cols: tuple[int, int]
+    encoding: str
+    chip: int | None = None
+    tile: int | None = None
+    row_offset: int | None = None  # weight rows from the tile's first row
+    col_offset: int | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+    @property
+    def n_cols(self) -> int:
+        return self.cols[1] - self.cols[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "matrix": self.matrix, "rows": list(self.rows), "cols": list(self.cols),
+                "encoding": self.encoding, "chip": self.chip, "tile": self.tile,
+                "row_offset": self.row_offset, "col_offset": self.col_offset}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Slice:
+        return cls(d["id"], d["matrix"], tuple(d["rows"]), tuple(d["cols"]), d["encoding"],  # type: ignore[arg-type]
+                   d["chip"], d["tile"], d["row_offset"], d["col_offset"])
+
+
+@dataclass
+class Program:
+    """The graph being compiled and everything the passes computed about it."""
+
+    graph: Graph
+    hardware: HardwareSpec
+    inputs: list[TensorInfo]  # graph inputs with the shapes the program was compiled for
+    outputs: list[TensorInfo]
+    options: dict[str, Any] = field(default_factory=dict)
+    produced: set[str] = field(default_factory=lambda: {"graph"})
+    # partition
+    stages: list[Stage] | None = None
+    mvms: dict[str, MVM] | None = None
+    matrices: dict[str, Matrix] | None = None
+    # split_matrices
+    slices: list[Slice] | None = None
+    # place
+    chips_used: int | None = None
+    placement_info: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def verify(self) -> None:
+        """Check cheap invariants of whatever has been produced; raise AssertionError on a bug."""
+        if self.stages is not None:
+            _verify_stages(self)
+        if self.slices is not None:
+            _verify_slices(self)
+        if self.chips_used is not None:
+            _verify_placement(self)
+
+    @property
+    def analog_weights(self) -> int:
+        return sum(m.weights.size for m in (self.matrices or {}).values())
+
+    def tiles_used(self) -> list[tuple[int, int]]:
+        """Sorted (chip, tile) pairs that hold at least one slice."""
+        return sorted({(s.chip, s.tile) for s in self.slices or [] if s.chip is not None})  # type: ignore[misc]
+
+    def pcm_devices(self) -> int:
+        """Devices programmed with weights (devices per weight x weights, over all slices)."""
+        return sum(s.n_rows * s.n_cols * self.hardware.encoding(s.encoding).devices_per_weight
+                   for s in self.slices or [])
+
+
+def _verify_stages(prog: Program) -> None:
+    available = {t.name for t in prog.inputs}
+    for st in prog.stages or []:
+        missing = [t for t in st.inputs if t not in available]
+        if missing:
+            raise AssertionError(f"stage {st.name} reads {missing} before they are produced")
+        available.update(st.outputs)
+    lost = [t.name for t in prog.outputs if t.name not in available]
+    if lost:
+        raise AssertionError(f"graph outputs {lost} are produced by no stage")
+
+
+def _verify_slices(prog: Program) -> None:
+    covered: dict[str, int] = defaultdict(int)
+    for s in prog.slices or []:
+        k, n = prog.matrices[s.matrix].shape  # type: ignore[index]
+        if not (0 <= s.rows[0] < s.rows[1] <= k and 0 <= s.cols[0] < s.cols[1] <= n):
+            raise AssertionError(f"slice {s.id} {s.rows}x{s.cols} outside matrix {s.matrix} of {k}x{n}")
+        rows, cols = prog.hardware.weight_grid(s.encoding)
+        if s.n_rows > rows or s.n_cols > cols:
+            raise AssertionError(f"slice {s.id} of {s.n_rows}x{s.n_cols} exceeds a {rows}x{cols} crossbar")
+        covered[s.matrix] += s.n_rows * s.n_cols
+    for mid, m in (prog.matrices or {}).items():
+        if covered[mid] != m.weights.size:
+            raise AssertionError(f"slices of {mid} cover {covered[mid]} of {m.weights.size} weights")
+
+
+def _verify_placement(prog: Program) -> None:
+    by_tile: dict[tuple[int, int], list[Slice]] = defaultdict(list)
+    for s in prog.slices or []:
+        if s.chip is None or s.tile is None or s.row_offset is None or s.col_offset is None:
+            raise AssertionError(f"slice {s.id} is not placed")
+        if not 0 <= s.tile < prog.hardware.tiles_per_chip:
+            raise AssertionError(f"slice {s.id} on tile {s.tile} of a {prog.hardware.tiles_per_chip}-tile chip")
+        rows, cols = prog.hardware.weight_grid(s.encoding)
+        if s.row_offset + s.n_rows > rows or s.col_offset + s.n_cols > cols:
+            raise AssertionError(f"slice {s.id} overflows tile ({s.chip}, {s.tile})")
+        by_tile[(s.chip, s.tile)].append(s)
+    for key, group in by_tile.items():
+        if len({s.encoding for s in group}) > 1:
+            raise AssertionError(f"tile {key} mixes encodings")
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if _overlap(a.row_offset, a.n_rows, b.row_offset, b.n_rows) and \
+                        _overlap(a.col_offset, a.n_cols, b.col_offset, b.n_cols):
+                    raise AssertionError(f"slices {a.id} and {b.id} overlap on tile {key}")
+
+
+def _overlap(a0: int | None, an: int, b0: int | None, bn: int) -> bool:
+    assert a0 is not None and b0 is not None
+    return a0 < b0 + bn and b0 < a0 + an

@@ -1,0 +1,75 @@
+"""Views of a placed program for people: the per-chip tile table and a text chip map."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from compiler.artifact import summary
+from compiler.program import Program, Slice
+
+_SHADES = " .:-=+*#%@"  # tile utilisation 0 % .. 100 % in ten steps
+
+
+def placement_table(prog: Program) -> dict[str, Any]:
+    """Per chip, each used tile with its slices; then the summary (what ``inspect --json`` prints)."""
+    hw = prog.hardware
+    by_tile: dict[tuple[int, int], list[Slice]] = defaultdict(list)
+    for s in prog.slices or []:
+        by_tile[(s.chip, s.tile)].append(s)  # type: ignore[index]
+    chips: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for (chip, tile), slices in sorted(by_tile.items()):
+        devices = sum(s.n_rows * s.n_cols * hw.encoding(s.encoding).devices_per_weight for s in slices)
+        chips[chip].append({
+            "tile": tile,
+            "encoding": slices[0].encoding,
+            "utilisation": round(devices / hw.devices_per_tile, 4),
+            "slices": [{"id": s.id, "layer": prog.matrices[s.matrix].node, "matrix": s.matrix,  # type: ignore[index]
+                        "rows": list(s.rows), "cols": list(s.cols), "encoding": s.encoding,
+                        "tile_rows": [s.row_offset, s.row_offset + s.n_rows],  # type: ignore[operator]
+                        "tile_cols": [s.col_offset, s.col_offset + s.n_cols]}  # type: ignore[operator]
+                       for s in slices],
+        })
+    host = [{"stage": st.name, "nodes": len(st.nodes), "inputs": st.inputs, "outputs": st.outputs}
+            for st in prog.stages or [] if st.kind == "host"]
+    return {"hardware": hw.name, "chips": [{"chip": c, "tiles": t} for c, t in sorted(chips.items())],
+            "host_stages": host, "summary": summary(prog)}
+
+
+def render_text(prog: Program) -> str:
+    """The placement as text: a map and a table per chip, then the summary."""
+    table = placement_table(prog)
+    hw = prog.hardware
+    lines = [f"hardware: {hw.name} ({hw.tiles_per_chip} tiles of {hw.tile_rows} x {hw.tile_cols} unit cells, "
+             f"{hw.devices_per_cell} devices per cell)"]
+    for chip in table["chips"]:
+        used = {t["tile"]: t["utilisation"] for t in chip["tiles"]}
+        cells = "".join(_SHADES[min(9, max(1, round(used[i] * 9)))] if i in used else "_"
+                        for i in range(hw.tiles_per_chip))
+        lines.append("")
+        lines.append(f"chip {chip['chip']}: {len(used)} of {hw.tiles_per_chip} tiles used   map [{cells}]")
+        lines.append(f"  {'tile':>4}  {'util':>6}  {'enc':<6} {'layer':<28} {'rows':>13} {'cols':>13}")
+        for t in chip["tiles"]:
+            for j, s in enumerate(t["slices"]):
+                head = f"  {t['tile']:>4}  {t['utilisation']:>6.1%}" if j == 0 else " " * 14
+                lines.append(f"{head}  {s['encoding']:<6} {_short(s['matrix'], 28):<28} "
+                             f"{_rng(s['rows']):>13} {_rng(s['cols']):>13}")
+    lines.append("")
+    lines.append(f"map: one character per tile, '_' unused, '{_SHADES[1]}' to '{_SHADES[9]}' = "
+                 "utilisation low to full")
+    if table["host_stages"]:
+        lines.append("host stages: " + ", ".join(f"{h['stage']} ({h['nodes']} nodes)" for h in table["host_stages"]))
+    s = table["summary"]
+    lines.append(f"summary: {s['tiles']} tiles on {s['chips']} chip(s), {s['pcm_devices']:,} PCM devices for "
+                 f"{s['weights']:,} weights ({s['pcm_per_weight']} PCM per weight, {s['device_utilisation']:.1%} of "
+                 f"the used tiles' devices), {s['analog_nodes']} analog nodes in {s['slices']} slices, "
+                 f"{s['host_stages']} host stage(s)")
+    return "\n".join(lines)
+
+
+def _rng(r: list[int]) -> str:
+    return f"{r[0]}:{r[1]}"
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]

@@ -1,0 +1,1 @@
+"""The compiler passes, one module per pass; compiler/driver.py declares their order."""
