@@ -42,7 +42,7 @@ def compile_to(model: str | Path, out: str | Path | None = None, **kwargs: Any) 
 def check(model: str | Path | onnx.ModelProto,
           input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Which nodes go to crossbars, which to the host (and why), which cannot be compiled."""
-    graph = import_model(load_onnx(model), input_shapes)
+    graph = import_model(load_onnx(model), input_shapes, default_dim=1)  # batch does not change the mapping
     bad = {n.name: why for n, why in find_unsupported(graph)}
     analog, host = [], []
     for node in graph.nodes:

@@ -29,7 +29,10 @@ Usage::
     exported with the torch.onnx dynamo exporter.  Reshape an "input" row of
     ``digits_test.npz`` to [1, 1, 8, 8] to feed it.
 
-Every model has a fixed batch dimension of 1 and IR version 9.  The
+Every model has IR version 9 and a fixed batch dimension of 1, except
+``digits_mlp.onnx``, whose batch dimension is the symbol "N" so that the whole
+test split runs as one batch (bind it with ``--input-shape input=540,64`` or
+by giving inputs).  The
 helper-built models use opset 17; the CNN uses opset 18 (the exporter's
 IR 10 is lowered to 9 and its per-node stack traces, which hold absolute
 paths, are dropped).  Training and export are seeded, single-threaded and
@@ -228,10 +231,10 @@ def _digits_mlp_graph(coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> 
     return helper.make_graph(
         nodes,
         "digits_mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, n_in])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", n_in])],
         [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, n_out]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, n_out]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_out]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_out]),
         ],
         initializer=inits,
     )
