@@ -1,0 +1,233 @@
+"""The anac command, through click's CliRunner: outputs, --json, exit codes, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from helpers import const, make_model, node, save, tensor
+
+from compiler.cli import main
+
+MODELS = Path(__file__).parents[2] / "models"
+KWS = MODELS / "kws_mlp.onnx"
+DIGITS = MODELS / "digits_mlp.onnx"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_clean_error(code: int, err: str, *needles: str) -> None:
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def leftovers(where: Path) -> list[str]:
+    return sorted(p.name for p in where.iterdir() if p.name.endswith((".anac", ".tmp", ".old")) or ".anac." in p.name)
+
+
+def test_compile_json_inspect_and_verify(tmp_path: Path) -> None:
+    out = tmp_path / "kws.anac"
+    code, stdout, _ = run("compile", KWS, "-o", out, "--json", "-q")
+    assert code == 0
+    rep = json.loads(stdout)
+    for key in ("tiles", "chips", "pcm_devices", "weights", "analog_nodes", "host_stages", "output"):
+        assert key in rep
+    assert rep["output"] == str(out) and (out / "program.json").is_file() and (out / "weights.npz").is_file()
+    assert rep["weights"] == 1960 * 512 + 512 * 512 * 2 + 512 * 12
+    assert rep["pcm_devices"] == 4 * rep["weights"]  # default encoding: 4-PCM
+    assert rep["analog_nodes"] == 4 and rep["chips"] == 1
+    # 1960 rows need 4 row blocks of 512; then one tile per 512 x 512 layer; the 512 x 12 head takes a tile.
+    assert rep["tiles"] == 7
+    assert sorted(p.name for p in (out / "host").iterdir()) == ["host0.onnx", "host1.onnx", "host2.onnx"]
+
+    code, stdout, _ = run("inspect", out)
+    assert code == 0
+    assert "chip 0: 7 of 34 tiles used" in stdout and "1536:1960" in stdout and "summary: 7 tiles" in stdout
+    code, stdout, _ = run("inspect", out, "--json")
+    table = json.loads(stdout)
+    assert sum(len(t["slices"]) for c in table["chips"] for t in c["tiles"]) == rep["slices"]
+
+    code, stdout, _ = run("verify", KWS, "--program", out, "--json", "-q")
+    assert code == 0
+    v = json.loads(stdout)
+    assert v["mode"] == "ideal" and v["passed"] is True
+    assert set(v["outputs"]["logits"]) >= {"max_abs_err", "rel_err", "cosine", "argmax_agreement"}
+    assert v["outputs"]["logits"]["rel_err"] <= 1e-5
+
+
+def test_verify_fails_with_exit_1_outside_tolerance() -> None:
+    # Four row blocks of partial sums are not bit-identical to onnxruntime's single dot product.
+    code, stdout, _ = run("verify", KWS, "--tolerance", "1e-12", "-q")
+    assert code == 1 and "FAILED" in stdout
+
+
+def test_verify_with_inputs_file_and_symbolic_batch(tmp_path: Path) -> None:
+    code, stdout, _ = run("verify", DIGITS, "--inputs", MODELS / "digits_test.npz", "--json", "-q")
+    assert code == 0
+    assert json.loads(stdout)["outputs"]["logits"]["shape"] == [540, 10]
+    code, stdout, _ = run("verify", DIGITS, "--batch", "3", "--json", "-q")
+    assert code == 0 and json.loads(stdout)["outputs"]["probabilities"]["shape"] == [3, 10]
+
+
+def test_check_lists_analog_and_host_nodes() -> None:
+    code, stdout, _ = run("check", MODELS / "digits_cnn.onnx", "--json")
+    assert code == 0
+    rep = json.loads(stdout)
+    assert rep["ok"] and len(rep["analog"]) == 3 and rep["unsupported"] == []
+    assert {"Relu", "MaxPool"} <= {h["op_type"] for h in rep["host"]}
+
+
+def test_passes_lists_the_pipeline() -> None:
+    code, stdout, _ = run("passes", "--json")
+    rows = json.loads(stdout)["pipeline"]
+    assert [r["name"] for r in rows][:1] == ["partition"] and "place" in [r["name"] for r in rows]
+    assert all(r["requires"] and r["produces"] for r in rows)
+    code, text, _ = run("passes")
+    assert code == 0 and "requires" in text
+
+
+def test_compile_twice_is_byte_identical(tmp_path: Path) -> None:
+    for name in ("a.anac", "b.anac"):
+        assert run("compile", MODELS / "digits_cnn.onnx", "-o", tmp_path / name, "-q")[0] == 0
+    for f in ("program.json", "weights.npz", "host/host0.onnx"):
+        assert (tmp_path / "a.anac" / f).read_bytes() == (tmp_path / "b.anac" / f).read_bytes(), f
+
+
+# ---- bad input: one clear paragraph, exit 1, nothing left behind ----
+
+def test_missing_file(tmp_path: Path) -> None:
+    code, _, err = run("compile", tmp_path / "nope.onnx")
+    assert_clean_error(code, err, "nope.onnx", "no such file")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("content", [b"this is not an onnx model\n", "truncated"])
+def test_truncated_or_non_onnx_file(tmp_path: Path, content: bytes | str) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(KWS.read_bytes()[:5000] if content == "truncated" else content)  # type: ignore[arg-type]
+    code, _, err = run("compile", bad)
+    assert_clean_error(code, err, "bad.onnx", "not a readable ONNX model")
+    assert leftovers(tmp_path) == []
+
+
+def _unsupported_model(rng: np.random.Generator) -> onnx.ModelProto:
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    w[2, 3] = np.inf
+    graph = onnx.helper.make_graph(
+        [node("MatMul", ["x", "w"], ["h"], name="proj"), node("Relu", ["h"], ["r"]),
+         node("Frobnicate", ["r"], ["s"], name="frob", domain="acme.ops"),
+         node("Wibble", ["s"], ["y"], name="wib", domain="acme.ops")],
+        "bad", [tensor("x", [1, 8])], [tensor("y", [1, 4])], [const("w", w)])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                        onnx.helper.make_opsetid("acme.ops", 1)])
+
+
+def test_unsupported_ops_and_inf_weights_listed_at_once(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(_unsupported_model(rng), str(path))
+    code, _, err = run("compile", path)
+    assert_clean_error(code, err, "3 node(s)", "'frob' (acme.ops.Frobnicate)", "'wib' (acme.ops.Wibble)",
+                       "'proj' (MatMul)", "1 Inf")
+    assert leftovers(tmp_path) == []
+    code, stdout, _ = run("check", path, "--json")
+    assert code == 1
+    assert sorted(u["node"] for u in json.loads(stdout)["unsupported"]) == ["frob", "proj", "wib"]
+
+
+def test_nan_weights_name_the_node(tmp_path: Path, rng: np.random.Generator) -> None:
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    w[4, 1] = np.nan
+    path = save(make_model([node("Gemm", ["x", "w"], ["y"], name="dense_1")], [tensor("x", [2, 6])],
+                           [tensor("y", [2, 3])], [const("w", w)]), tmp_path)
+    code, _, err = run("compile", path)
+    assert_clean_error(code, err, "'dense_1' (Gemm)", "1 NaN", "(4, 1)")
+
+
+def test_symbolic_dim_without_value(tmp_path: Path) -> None:
+    code, _, err = run("compile", DIGITS, "-o", tmp_path / "d.anac")
+    assert_clean_error(code, err, "input 'input'", "symbolic ('N')", "--input-shape input=1,64")
+    assert leftovers(tmp_path) == []
+    code, _, _ = run("compile", DIGITS, "-o", tmp_path / "d.anac", "--input-shape", "input=5,64", "-q")
+    assert code == 0 and json.loads((tmp_path / "d.anac" / "program.json").read_text())["inputs"][0]["shape"] == [5, 64]
+
+
+def test_bad_input_shape_option(tmp_path: Path) -> None:
+    code, _, err = run("compile", DIGITS, "--input-shape", "input=5,63", "-o", tmp_path / "d.anac")
+    assert_clean_error(code, err, "dim 1 is fixed to 64")
+    code, _, err = run("compile", DIGITS, "--input-shape", "pixels=5,64", "-o", tmp_path / "d.anac")
+    assert_clean_error(code, err, "unknown input(s) pixels", "input")
+    code, _, err = run("compile", DIGITS, "--input-shape", "input:5")
+    assert code == 2 and "NAME=D0,D1" in err
+
+
+def test_unwritable_output_path(tmp_path: Path) -> None:
+    code, _, err = run("compile", KWS, "-o", tmp_path / "no" / "such" / "dir.anac")
+    assert_clean_error(code, err, "does not exist")
+    (tmp_path / "file.anac").write_text("x")
+    code, _, err = run("compile", KWS, "-o", tmp_path / "file.anac")
+    assert_clean_error(code, err, "a file of that name exists")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        code, _, err = run("compile", KWS, "-o", ro / "k.anac")
+        import os
+
+        if os.access(ro, os.W_OK):  # root ignores permission bits; the check is still exercised above
+            assert code == 0
+        else:
+            assert_clean_error(code, err, "not writable")
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("name", "unknown pixels"),
+    ("shape", "has shape [2, 1960]"),
+    ("dtype", "is float64"),
+])
+def test_verify_rejects_wrong_inputs(tmp_path: Path, case: str, needle: str) -> None:
+    arr = np.zeros((1, 1960), np.float32)
+    inputs = {"name": {"pixels": arr}, "shape": {"input": np.zeros((2, 1960), np.float32)},
+              "dtype": {"input": arr.astype(np.float64)}}[case]
+    np.savez(tmp_path / "in.npz", **inputs)
+    code, _, err = run("verify", KWS, "--inputs", tmp_path / "in.npz")
+    assert_clean_error(code, err, needle)
+    assert leftovers(tmp_path) == []
+    prog = tmp_path / "k.anac"
+    assert run("compile", KWS, "-o", prog, "-q")[0] == 0
+    code, _, err = run("verify", KWS, "--program", prog, "--inputs", tmp_path / "in.npz")
+    assert_clean_error(code, err, needle)
+
+
+def test_batch_on_a_fixed_batch_model_is_an_error() -> None:
+    code, _, err = run("verify", KWS, "--batch", "4")
+    assert_clean_error(code, err, "fixed first dim of 1", "--batch 4")
+
+
+def test_hardware_file_errors_and_overrides(tmp_path: Path) -> None:
+    bad = tmp_path / "hw.toml"
+    bad.write_text('tiles_per_chip = 8\nbogus = 1\n')
+    code, _, err = run("compile", KWS, "--hardware", bad, "-o", tmp_path / "k.anac")
+    assert_clean_error(code, err, "unknown hardware field(s): bogus")
+    good = tmp_path / "small.toml"
+    good.write_text('tiles_per_chip = 2\ndefault_encoding = "2-PCM"\n')
+    code, stdout, _ = run("compile", KWS, "--hardware", good, "-o", tmp_path / "k.anac", "--json", "-q")
+    rep = json.loads(stdout)
+    # 2-PCM: 1024 x 512 weights per tile, so 1960 rows take 2 row blocks; 2 tiles per chip.
+    assert code == 0 and rep["tiles"] == 5 and rep["chips"] == 3 and rep["pcm_devices"] == 2 * rep["weights"]
+    code, _, err = run("compile", KWS, "--hardware", good, "--max-chips", "2", "-o", tmp_path / "k2.anac")
+    assert_clean_error(code, err, "needs 5 tiles", "2 chips gives 4 tiles")
+    assert not (tmp_path / "k2.anac").exists()
