@@ -192,7 +192,8 @@ def _read_spec_file(path: Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
-        raise HardwareSpecError(f"hardware file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        raise HardwareSpecError(f"hardware file {path} is not valid {kind}: {e}") from None
     if not isinstance(data, dict):
         raise HardwareSpecError(f"hardware file {path} must hold a table/object at the top level")
     return data
