@@ -71,7 +71,8 @@ def compare(y: np.ndarray, ref: np.ndarray) -> OutputReport:
     ref_norm = float(np.linalg.norm(np.where(finite, b, 0.0)))
     err_norm = float(np.linalg.norm(diff)) if np.isfinite(diff).all() else float("inf")
     rel = err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else float("inf"))
-    aa, bb = np.where(same | ~finite, 0.0, a), np.where(same | ~finite, 0.0, b)
+    both = finite & np.isfinite(a)  # the cosine is taken over the values finite in both
+    aa, bb = np.where(both, a, 0.0), np.where(both, b, 0.0)
     na, nb = float(np.linalg.norm(aa)), float(np.linalg.norm(bb))
     if na == 0 and nb == 0:
         cosine = 1.0 if err_norm == 0 else 0.0

@@ -1,0 +1,83 @@
+"""The simulator in ideal mode, its input checks, and the verification figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from helpers import const, make_model, node, tensor, weights
+
+from backends.simulator import Simulator
+from backends.verify import compare
+from compiler.api import compile_model, simulate
+from compiler.errors import AnacError, InputError
+
+
+def _ort(model, feeds):  # type: ignore[no-untyped-def]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (511, 513), (1200, 300), (1025, 1100)])
+def test_partial_sums_over_slices_match_onnxruntime(rng: np.random.Generator, k: int, n: int) -> None:
+    w = weights(rng, k, n)
+    m = make_model([node("MatMul", ["x", "w"], ["y"])], [tensor("x", [5, k])], [tensor("y", [5, n])], [const("w", w)])
+    prog = compile_model(m)
+    assert len(prog.slices) == -(-k // 512) * -(-n // 512)
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    y = simulate(prog, {"x": x})["y"]
+    ref = _ort(m, {"x": x})
+    assert y.dtype == np.float32 and y.shape == (5, n)
+    assert np.linalg.norm(y - ref) <= 1e-5 * np.linalg.norm(ref)
+
+
+@pytest.mark.parametrize("spatial", [1, 2, 3])
+def test_conv_of_any_spatial_rank(rng: np.random.Generator, spatial: int) -> None:
+    size = {1: [17], 2: [9, 8], 3: [5, 6, 4]}[spatial]
+    k = [3] * spatial
+    w = weights(rng, 6, 4, *k)
+    attrs = {"strides": [2] * spatial, "dilations": [1] + [2] * (spatial - 1), "pads": [1] * spatial + [0] * spatial}
+    m = make_model([node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)],
+                   [tensor("x", [2, 4, *size])], [tensor("y", [None] * (spatial + 2))],
+                   [const("w", w), const("b", weights(rng, 6))])
+    x = rng.standard_normal((2, 4, *size)).astype(np.float32)
+    prog = compile_model(m)
+    assert set(prog.mvms) == {"conv"}
+    y, ref = simulate(prog, {"x": x})["y"], _ort(m, {"x": x})
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_simulator_is_reusable_and_checks_inputs(rng: np.random.Generator) -> None:
+    m = make_model([node("MatMul", ["x", "w"], ["y"])], [tensor("x", [2, 3])], [tensor("y", [2, 4])],
+                   [const("w", weights(rng, 3, 4))])
+    sim = Simulator(compile_model(m))
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(sim.run({"x": x})["y"], sim.run({"x": x})["y"])
+    with pytest.raises(InputError, match=r"missing x; unknown z"):
+        sim.run({"z": x})
+    with pytest.raises(InputError, match=r"input 'x' has shape \[3, 3\]; expected \[2, 3\]"):
+        sim.run({"x": np.zeros((3, 3), np.float32)})
+    with pytest.raises(InputError, match="input 'x' is int64; the model takes float32"):
+        sim.run({"x": np.zeros((2, 3), np.int64)})
+    with pytest.raises(AnacError, match="unknown simulation mode 'noisy'"):
+        Simulator(compile_model(m), mode="noisy")
+
+
+def test_compare_figures() -> None:
+    ref = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], np.float32)
+    same = compare(ref.copy(), ref)
+    assert same.max_abs_err == 0 and same.rel_err == 0 and same.cosine == pytest.approx(1.0)
+    assert same.argmax_agreement == 1.0
+    off = ref.copy()
+    off[1] = [1.0, 2.0, 3.0]  # the second row's argmax flips
+    r = compare(off, ref)
+    assert r.max_abs_err == 2.0 and r.argmax_agreement == 0.5
+    assert r.rel_err == pytest.approx(np.sqrt(8) / np.sqrt(28))
+    assert r.cosine == pytest.approx(24 / 28)
+    assert compare(np.zeros((2, 2)), np.zeros((3, 2))).rel_err == float("inf")
+    labels = compare(np.array([1, 2, 3]), np.array([1, 2, 4]))
+    assert labels.argmax_agreement == pytest.approx(2 / 3)
+    both_nan = compare(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]))
+    assert both_nan.rel_err == 0.0
+    assert compare(np.array([np.nan, 1.0]), np.array([0.0, 1.0])).rel_err == float("inf")
