@@ -90,7 +90,8 @@ class Simulator:
             if mvm.kind == "conv":
                 bias = bias.reshape((-1,) + (1,) * (y.ndim - 2))
             y = y + bias
-        return np.ascontiguousarray(y, dtype=np.float32)
+        # not ascontiguousarray: it turns the 0-d result of a 1-D @ 1-D MatMul into shape (1,)
+        return np.asarray(y, dtype=np.float32, order="C")
 
 
 def _conv(x: np.ndarray, mvm: MVM, plans: list[list[_SlicePlan]], shapes: list[tuple[int, int]],

@@ -112,13 +112,13 @@ def _lower_matmul(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
         return issue
     info = graph.info(x_name)
     x_rank = len(info.shape) if info is not None and info.shape is not None else None
-    if x_rank is None:
+    if x_rank is None and a is not None:  # only a constant on the left needs the rank (transpose x or not)
         return f"the rank of activation '{x_name}' is unknown"
     squeeze = w.ndim == 1  # a 1-D operand: one crossbar column, its axis removed after
     w = w[:, None] if squeeze else w
     # Constant on the left: the activation's last two axes swap around the MVM,
     # unless the activation is a vector (then it is the single input row).
-    x_t = a is not None and x_rank >= 2
+    x_t = a is not None and x_rank is not None and x_rank >= 2
     y_t = x_t and not squeeze
     mvm = MVM(node.name, node.op_type, "dense", x_name, node.outputs[0], [node.name],
               params={"x_transpose": x_t, "y_transpose": y_t, "squeeze": squeeze})
