@@ -27,7 +27,7 @@ MODES = ("ideal",)
 class _SlicePlan:
     rows: tuple[int, int]
     cols: tuple[int, int]
-    weights: np.ndarray  # contiguous float32
+    weights: np.ndarray  # contiguous float64 in ideal mode
 
 
 class Simulator:
@@ -42,7 +42,7 @@ class Simulator:
         by_matrix: dict[str, list[_SlicePlan]] = {}
         for s in prog.slices or []:
             w = prog.matrices[s.matrix].weights  # type: ignore[index]
-            block = np.ascontiguousarray(w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]])
+            block = np.ascontiguousarray(w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]], dtype=np.float64)
             by_matrix.setdefault(s.matrix, []).append(_SlicePlan(s.rows, s.cols, block))
         for mvm in (prog.mvms or {}).values():
             self._plans[mvm.node] = [by_matrix[m] for m in mvm.matrices]
@@ -60,11 +60,17 @@ class Simulator:
         return {t.name: env[t.name] for t in self.prog.outputs}  # type: ignore[misc]
 
     def _matmul(self, x: np.ndarray, plans: list[_SlicePlan], n: int) -> np.ndarray:
-        """x (M x K) @ W via its slices; partial sums over row blocks added digitally."""
-        y = np.zeros((x.shape[0], n), dtype=np.float32)
+        """x (M x K) @ W via its slices; partial sums over row blocks added digitally.
+
+        Ideal mode sums in float64 and rounds to float32 once: float32 BLAS can round
+        equal columns one ULP apart depending on which slice holds them and where its
+        SIMD tail falls, and a following Softmax turns that into a different answer.
+        """
+        x = x.astype(np.float64)
+        y = np.zeros((x.shape[0], n), dtype=np.float64)
         for p in plans:
             y[:, p.cols[0]:p.cols[1]] += x[:, p.rows[0]:p.rows[1]] @ p.weights
-        return y
+        return y.astype(np.float32)
 
     def _run_mvm(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
         plans = self._plans[mvm.node]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
@@ -78,8 +79,9 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     Symbolic input dims take their value from ``input_shapes`` (by input, and by
     dim name across inputs), else ``default_dim`` when given, else it is an error.
     """
+    model = _upgrade_opset(model)
     g = model.graph
-    opset = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in model.opset_import}
+    opset = _opsets(model)
     constants = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for sp in g.sparse_initializer:
         constants[sp.values.name] = numpy_helper.to_array(onnx.helper.make_tensor(  # densify
@@ -99,6 +101,46 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     _infer_shapes(graph)
     graph.outputs = [graph.value_info.get(t.name, t) if not t.is_static else t for t in graph.outputs]
     return graph
+
+
+def _opsets(model: onnx.ModelProto) -> dict[str, int]:
+    return {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in model.opset_import}
+
+
+def _kernel_covers(domain: str, op: str, opset: int) -> bool | None:
+    """Whether onnxruntime has a CPU kernel for ``op`` at ``opset``; None if the op has no ONNX schema."""
+    try:
+        sv = onnx.defs.get_schema(op, opset, domain).since_version
+    except onnx.defs.SchemaError:
+        return None
+    return any(lo <= sv <= hi for lo, hi in _ort_kernels().get((domain, op), []))
+
+
+def _upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Convert an old model to the lowest newer opset where onnxruntime has kernels for all its ops.
+
+    Old exporters (IR 3, opset 6) use op versions onnxruntime dropped (Gemm-6,
+    BatchNormalization-6); onnx's version converter rewrites them losslessly.
+    """
+    current = _opsets(model).get("")
+    if current is None:
+        return model
+    ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    stale = sorted(op for op in ops if _kernel_covers("", op, current) is False)
+    if not stale:
+        return model
+    for target in range(current + 1, onnx.defs.onnx_opset_version() + 1):
+        if all(_kernel_covers("", op, target) is not False for op in ops):
+            try:
+                upgraded = onnx.version_converter.convert_version(model, target)
+            except Exception as e:  # noqa: BLE001 - the converter raises several types; keep the original
+                log.warning("could not convert opset %d to %d for onnxruntime (%s): %s", current, target,
+                            ", ".join(stale), str(e).splitlines()[0] if str(e) else type(e).__name__)
+                return model
+            log.info("converted the model from opset %d to %d: onnxruntime has no kernels for %s at opset %d",
+                     current, target, ", ".join(stale), current)
+            return upgraded
+    return model
 
 
 def find_unsupported(graph: Graph) -> list[tuple[Node, str]]:
