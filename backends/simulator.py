@@ -2,53 +2,139 @@
 
 Host stages run in onnxruntime; analog stages run every MVM as one matmul
 per slice, batched over all input rows, with partial sums of slices that
-share output columns added digitally. ``ideal`` mode uses the float weights
-with no quantization and no noise, so it matches onnxruntime on the original
-model to float32 rounding.
+share output columns added digitally.
+
+- ``ideal``: the float weights, no quantization, no noise; matches
+  onnxruntime on the original model to float32 rounding.
+- ``hardware``: ``program(seed)`` programs the slices' target conductances
+  into simulated devices (backends/analog.py), ``at(t)`` reads them t seconds
+  later; inputs are quantized to the spec's input bits at each MVM's
+  calibrated range, each slice's output to the output bits at its calibrated
+  range with saturation, then partial sums, bias and non-fused-at-tile
+  activations are applied digitally. A fused activation runs at the tile
+  output (before output conversion) when the layer has one row block, no
+  bias and alpha 1; otherwise it is applied after the digital sum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from backends.analog import ProgrammedChip, quantize_polarity, quantize_signed, quantize_unsigned
 from backends.host import HostStages
 from compiler.errors import AnacError, InputError
 from compiler.ir import TensorInfo
 from compiler.program import MVM, Program
 
-MODES = ("ideal",)
+MODES = ("ideal", "hardware")
+# observer(kind, key, values): kind "input" (key: MVM node, values: its input rows) or
+# "slice" (key: slice id, values: that slice's analog output); calibration uses it.
+Observer = Callable[[str, Any, np.ndarray], None]
+_NONNEGATIVE = ("Relu", "HardSigmoid")
 
 
 @dataclass
 class _SlicePlan:
+    id: int
     rows: tuple[int, int]
     cols: tuple[int, int]
-    weights: np.ndarray  # contiguous float64 in ideal mode
+    weights: np.ndarray  # ideal: float64 copy of the slice; hardware: effective float32 weights at time t
+    output_range: float | None
+
+
+@dataclass
+class _RowBlocks:
+    """Hardware mode: one matrix's slices stacked by row block, so an MVM is one batched matmul.
+
+    ``weights`` is (R, r, N): row block i holds the slices of rows [starts[i], starts[i] + r)
+    side by side (the last block zero-padded); ``full_scale`` is (R, 1, N), each column's
+    output range, that of the slice holding it.
+    """
+
+    starts: list[int]
+    rows: int
+    weights: np.ndarray
+    full_scale: np.ndarray
+
+
+def tile_activation(prog: Program, mvm: MVM) -> bool:
+    """Whether a fused activation can run at the tile output (no digital work before it)."""
+    if mvm.activation is None or mvm.bias is not None or mvm.alpha != 1.0:
+        return False
+    return all(s.n_rows == prog.matrices[s.matrix].shape[0]  # type: ignore[index]
+               for s in prog.slices or [] if prog.matrices[s.matrix].node == mvm.node)  # type: ignore[index]
 
 
 class Simulator:
     """A program prepared for repeated runs: sessions made and slices laid out once."""
 
-    def __init__(self, prog: Program, mode: str = "ideal") -> None:
+    def __init__(self, prog: Program, mode: str = "ideal", observer: Observer | None = None) -> None:
         if mode not in MODES:
             raise AnacError(f"unknown simulation mode '{mode}'; available: {', '.join(MODES)}")
-        self.prog, self.mode = prog, mode
+        self.prog, self.mode, self.observer = prog, mode, observer
+        self.chip: ProgrammedChip | None = None
+        self.t: float | None = None
         self._host = HostStages(prog.stages or [])
         self._plans: dict[str, list[list[_SlicePlan]]] = {}
+        self._stacks: dict[str, list[_RowBlocks]] = {}
+        self._tile_act = {m.node: tile_activation(prog, m) for m in (prog.mvms or {}).values()}
         by_matrix: dict[str, list[_SlicePlan]] = {}
         for s in prog.slices or []:
             w = prog.matrices[s.matrix].weights  # type: ignore[index]
-            block = np.ascontiguousarray(w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]], dtype=np.float64)
-            by_matrix.setdefault(s.matrix, []).append(_SlicePlan(s.rows, s.cols, block))
+            block = w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]
+            block = np.ascontiguousarray(block, dtype=np.float64) if mode == "ideal" else block
+            by_matrix.setdefault(s.matrix, []).append(_SlicePlan(s.id, s.rows, s.cols, block, s.output_range))
         for mvm in (prog.mvms or {}).values():
             self._plans[mvm.node] = [by_matrix[m] for m in mvm.matrices]
+        if mode == "hardware":
+            missing = [m.node for m in (prog.mvms or {}).values() if m.input_range is None]
+            if missing or any(s.output_range is None for s in prog.slices or []):
+                raise AnacError(f"the program has no calibrated input/output ranges (e.g. for "
+                                f"{', '.join(missing[:3]) or 'its slices'}); calibrate it first "
+                                f"(anac compile --calibration-data FILE, or backends.calibrate.calibrate)")
+
+    def program(self, seed: int) -> ProgrammedChip:
+        """Hardware mode: program a fresh chip instance (seeded) and read it right after programming."""
+        self._need_hardware("program")
+        self.chip = ProgrammedChip(self.prog, seed)
+        self.at(0.0)
+        return self.chip
+
+    def at(self, t: float, drift_compensation: bool = True) -> None:
+        """Hardware mode: read the programmed devices ``t`` seconds after programming."""
+        self._need_hardware("at")
+        if self.chip is None:
+            raise AnacError("program a chip instance (Simulator.program(seed)) before reading it")
+        weights = self.chip.weights_at(t, drift_compensation)
+        for node, plans in self._plans.items():
+            self._stacks[node] = [self._stack(group, weights) for group in plans]
+        self.t = t
+
+    def _stack(self, group: list[_SlicePlan], weights: dict[int, np.ndarray]) -> _RowBlocks:
+        starts = sorted({p.rows[0] for p in group})
+        rows = max(p.rows[1] - p.rows[0] for p in group)
+        n = max(p.cols[1] for p in group)
+        w = np.zeros((len(starts), rows, n), np.float32)
+        scale = np.ones((len(starts), 1, n), np.float32)
+        for p in group:
+            i = starts.index(p.rows[0])
+            w[i, :p.rows[1] - p.rows[0], p.cols[0]:p.cols[1]] = weights[p.id]
+            scale[i, 0, p.cols[0]:p.cols[1]] = p.output_range
+        return _RowBlocks(starts, rows, w, scale)
+
+    def _need_hardware(self, what: str) -> None:
+        if self.mode != "hardware":
+            raise AnacError(f"Simulator.{what}() is for hardware mode; this simulator is in {self.mode} mode")
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs of the program for one set of inputs (keyed by graph input name)."""
+        if self.mode == "hardware" and self.t is None:
+            raise AnacError("program a chip instance (Simulator.program(seed)) before running in hardware mode")
         env: dict[str, object] = dict(check_inputs(self.prog.inputs, inputs))
         for stage in self.prog.stages or []:
             if stage.kind == "host":
@@ -59,32 +145,72 @@ class Simulator:
                     env[mvm.output] = self._run_mvm(mvm, env[mvm.input])  # type: ignore[arg-type]
         return {t.name: env[t.name] for t in self.prog.outputs}  # type: ignore[misc]
 
-    def _matmul(self, x: np.ndarray, plans: list[_SlicePlan], n: int) -> np.ndarray:
+    def _matmul_ideal(self, mvm: MVM, x: np.ndarray, plans: list[_SlicePlan], n: int) -> np.ndarray:
         """x (M x K) @ W via its slices; partial sums over row blocks added digitally.
 
         Ideal mode sums in float64 and rounds to float32 once: float32 BLAS can round
         equal columns one ULP apart depending on which slice holds them and where its
         SIMD tail falls, and a following Softmax turns that into a different answer.
         """
+        if self.observer is not None:
+            self.observer("input", mvm.node, x)
         x = x.astype(np.float64)
         y = np.zeros((x.shape[0], n), dtype=np.float64)
         for p in plans:
-            y[:, p.cols[0]:p.cols[1]] += x[:, p.rows[0]:p.rows[1]] @ p.weights
+            part = x[:, p.rows[0]:p.rows[1]] @ p.weights
+            if self.observer is not None:
+                seen = apply_activation(part, mvm.activation) if self._tile_act[mvm.node] else part
+                self.observer("slice", p.id, seen)
+            y[:, p.cols[0]:p.cols[1]] += part
         return y.astype(np.float32)
 
+    def _matmul_hardware(self, mvm: MVM, x: np.ndarray, blocks: _RowBlocks, n: int) -> np.ndarray:
+        """Quantized inputs, each slice's analog product with its read weights, quantized outputs, digital sum.
+
+        All slices of a matrix run as one batched matmul over its row blocks; the output of
+        each (row block, column) is converted at its slice's range before the digital sum.
+        """
+        hw = self.prog.hardware
+        r_in = float(mvm.input_range)  # type: ignore[arg-type]
+        m, k = x.shape
+        if hw.input_sign == "two-pass":  # both passes in one product: rows [0, m) positive, [m, 2m) negative
+            xq = np.concatenate([quantize_unsigned(np.maximum(x, 0), r_in, hw.input_bits),
+                                 quantize_unsigned(np.maximum(-x, 0), r_in, hw.input_bits)])
+        else:
+            xq = quantize_polarity(x, r_in, hw.input_bits)
+        n_blocks = len(blocks.starts)
+        padded = np.zeros((xq.shape[0], n_blocks * blocks.rows), np.float32)
+        for i, start in enumerate(blocks.starts):  # blocks are contiguous row ranges of the matrix
+            stop = min(start + blocks.rows, k)
+            padded[:, i * blocks.rows:i * blocks.rows + stop - start] = xq[:, start:stop]
+        parts = np.matmul(padded.reshape(-1, n_blocks, blocks.rows).transpose(1, 0, 2), blocks.weights)
+        if self._tile_act[mvm.node]:
+            parts = apply_activation(parts, mvm.activation)  # type: ignore[arg-type]
+            unsigned = mvm.activation["op"] in _NONNEGATIVE  # type: ignore[index]
+        else:
+            unsigned = False
+        quantize = quantize_unsigned if unsigned else quantize_signed
+        y = quantize(parts, blocks.full_scale, hw.output_bits).sum(axis=0)
+        return y[:m] - y[m:] if hw.input_sign == "two-pass" else y
+
     def _run_mvm(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
-        plans = self._plans[mvm.node]
+        plans: list[Any] = self._plans[mvm.node] if self.mode == "ideal" else self._stacks[mvm.node]
         shapes = [self.prog.matrices[m].shape for m in mvm.matrices]  # type: ignore[index]
         x = np.asarray(x, dtype=np.float32)
+        base = self._matmul_ideal if self.mode == "ideal" else self._matmul_hardware
+
+        def matmul(rows: np.ndarray, group: Any, n: int) -> np.ndarray:
+            return base(mvm, rows, group, n)  # type: ignore[arg-type]
+
         if mvm.kind == "conv":
-            y = _conv(x, mvm, plans, shapes, self._matmul)
+            y = _conv(x, mvm, plans, shapes, matmul)
         else:
             p = mvm.params
             if p["x_transpose"]:
                 x = np.swapaxes(x, -1, -2)
             k, n = shapes[0]
             lead = x.shape[:-1]
-            y = self._matmul(x.reshape(-1, k), plans[0], n).reshape(lead + (n,))
+            y = matmul(x.reshape(-1, k), plans[0], n).reshape(lead + (n,))
             if p["squeeze"]:
                 y = y[..., 0]
             if p["y_transpose"]:
@@ -96,12 +222,25 @@ class Simulator:
             if mvm.kind == "conv":
                 bias = bias.reshape((-1,) + (1,) * (y.ndim - 2))
             y = y + bias
+        if mvm.activation is not None and not (self.mode == "hardware" and self._tile_act[mvm.node]):
+            y = apply_activation(y, mvm.activation)  # ideal mode: after the sum, the same with one row block
         # not ascontiguousarray: it turns the 0-d result of a 1-D @ 1-D MatMul into shape (1,)
         return np.asarray(y, dtype=np.float32, order="C")
 
 
-def _conv(x: np.ndarray, mvm: MVM, plans: list[list[_SlicePlan]], shapes: list[tuple[int, int]],
-          matmul) -> np.ndarray:  # type: ignore[no-untyped-def]
+def apply_activation(y: np.ndarray, act: dict) -> np.ndarray:  # type: ignore[type-arg]
+    """A fused tile-output activation (ReLU, hard-sigmoid, or Clip as hard-tanh)."""
+    if act["op"] == "Relu":
+        return np.maximum(y, np.float32(0))
+    if act["op"] == "HardSigmoid":
+        return np.clip(np.float32(act["alpha"]) * y + np.float32(act["beta"]), 0, 1).astype(np.float32)
+    lo = -np.inf if act["min"] is None else np.float32(act["min"])
+    hi = np.inf if act["max"] is None else np.float32(act["max"])
+    return np.clip(y, lo, hi).astype(np.float32)
+
+
+def _conv(x: np.ndarray, mvm: MVM, plans: list[Any], shapes: list[tuple[int, int]],
+          matmul: Callable[[np.ndarray, Any, int], np.ndarray]) -> np.ndarray:
     """Conv as im2col + MVM per group: rows are receptive fields, ordered (channel, kernel...)."""
     p = mvm.params
     kernel, strides, dil = p["kernel"], p["strides"], p["dilations"]
@@ -170,6 +309,11 @@ def check_inputs(expected: Sequence[TensorInfo], inputs: Mapping[str, np.ndarray
     return out
 
 
-def simulate(prog: Program, inputs: Mapping[str, np.ndarray], mode: str = "ideal") -> dict[str, np.ndarray]:
-    """Run a program once on ``inputs``; for repeated runs keep a ``Simulator``."""
-    return Simulator(prog, mode).run(inputs)
+def simulate(prog: Program, inputs: Mapping[str, np.ndarray], mode: str = "ideal", *, seed: int = 0,
+             t: float = 0.0, drift_compensation: bool = True) -> dict[str, np.ndarray]:
+    """Run a program once on ``inputs`` (hardware mode: one chip programmed with ``seed``, read at ``t`` s)."""
+    sim = Simulator(prog, mode)
+    if mode == "hardware":
+        sim.program(seed)
+        sim.at(t, drift_compensation)
+    return sim.run(inputs)

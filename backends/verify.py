@@ -2,11 +2,14 @@
 
 Per output: max absolute error, relative error ||y - y_ref|| / ||y_ref||,
 cosine similarity and argmax agreement; the run passes when every output's
-relative error is within the tolerance.
+relative error is within the tolerance. Hardware mode repeats this for each
+time after programming and each programmed instance, reporting mean and
+spread, and top-1 accuracy when labels are given.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +20,10 @@ import onnx
 
 from backends.host import as_array, make_session, run_session
 from backends.simulator import Simulator
+from compiler.errors import AnacError
 from compiler.program import Program
 
-DEFAULT_TOLERANCE = {"ideal": 1e-5}
+DEFAULT_TOLERANCE = {"ideal": 1e-5, "hardware": 0.25}
 
 
 @dataclass
@@ -91,8 +95,9 @@ def _argmax_agreement(y: np.ndarray, ref: np.ndarray) -> float | None:
 
 
 def verify_program(prog: Program, model: str | Path | onnx.ModelProto, inputs: Mapping[str, np.ndarray],
-                   mode: str = "ideal", tolerance: float | None = None) -> VerifyReport:
-    """Run ``prog`` in the simulator and the original model in onnxruntime; compare."""
+                   tolerance: float | None = None) -> VerifyReport:
+    """Run ``prog`` in the ideal simulator and the original model in onnxruntime; compare."""
+    mode = "ideal"
     tol = DEFAULT_TOLERANCE[mode] if tolerance is None else float(tolerance)
     names = [t.name for t in prog.outputs]
     got = Simulator(prog, mode).run(inputs)
@@ -100,3 +105,121 @@ def verify_program(prog: Program, model: str | Path | onnx.ModelProto, inputs: M
     outputs = {n: compare(got[n], ref[n]) for n in names}
     passed = all(o.rel_err <= tol for o in outputs.values())
     return VerifyReport(mode, passed, tol, outputs)
+
+TIME_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "y": 365 * 86400.0}
+
+
+def parse_times(text: str) -> list[tuple[str, float]]:
+    """"1s,1h,1d,1y" -> [("1s", 1.0), ("1h", 3600.0), ...]; a bare number is seconds."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", part, re.IGNORECASE)
+        if not part or m is None or (m.group(2) and m.group(2).lower() not in TIME_UNITS):
+            raise AnacError(f"cannot read time '{part}' in '{text}': give numbers >= 0 with a unit of "
+                            f"{', '.join(TIME_UNITS)} (for example 1s,1h,1d,1y)")
+        out.append((part, float(m.group(1)) * TIME_UNITS[(m.group(2) or "s").lower()]))
+    return out
+
+
+@dataclass
+class Stat:
+    """Mean and standard deviation over repeats (each a fresh programming)."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        a = np.asarray(values, dtype=np.float64)
+        return cls(float(a.mean()), float(a.std()))
+
+
+@dataclass
+class TimeReport:
+    """Figures at one time after programming, over all repeats."""
+
+    label: str
+    seconds: float
+    outputs: dict[str, dict[str, Stat | None]]
+    accuracy: Stat | None = None
+
+
+@dataclass
+class HardwareVerifyReport:
+    """The result of a hardware-mode verify; ``to_json()`` is what ``anac verify --json`` prints."""
+
+    passed: bool
+    tolerance: float
+    seed: int
+    repeats: int
+    drift_compensation: bool
+    times: list[TimeReport]
+    reference_accuracy: float | None = None
+    accuracy_output: str | None = None
+    calibration: dict[str, Any] | None = None
+    mode: str = "hardware"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "passed": self.passed, "tolerance": self.tolerance, "seed": self.seed,
+                "repeats": self.repeats, "drift_compensation": self.drift_compensation,
+                "reference_accuracy": self.reference_accuracy, "accuracy_output": self.accuracy_output,
+                "calibration": self.calibration,
+                "times": {t.label: {"seconds": t.seconds, "accuracy": _stat_json(t.accuracy),
+                                    "outputs": {k: {f: _stat_json(v) for f, v in o.items()}
+                                                for k, o in t.outputs.items()}}
+                          for t in self.times}}
+
+
+def _stat_json(s: Stat | None) -> dict[str, float] | None:
+    return None if s is None else asdict(s)
+
+
+def accuracy_output(outputs: Mapping[str, np.ndarray], n_labels: int) -> str | None:
+    """The first float output of shape (n_labels, classes) to take the argmax of for accuracy."""
+    for name, y in outputs.items():
+        y = as_array(y)
+        if np.issubdtype(y.dtype, np.floating) and y.ndim == 2 and y.shape[0] == n_labels and y.shape[1] > 1:
+            return name
+    return None
+
+
+def verify_hardware(prog: Program, model: str | Path | onnx.ModelProto, inputs: Mapping[str, np.ndarray],
+                    times: list[tuple[str, float]], *, seed: int = 0, repeats: int = 1,
+                    drift_compensation: bool = True, labels: np.ndarray | None = None,
+                    tolerance: float | None = None) -> HardwareVerifyReport:
+    """Program ``repeats`` chip instances (seeds seed, seed+1, ...) and compare at each time with onnxruntime."""
+    if repeats < 1:
+        raise AnacError(f"repeats must be at least 1, got {repeats}")
+    tol = DEFAULT_TOLERANCE["hardware"] if tolerance is None else float(tolerance)
+    names = [t.name for t in prog.outputs]
+    ref = reference_outputs(model, inputs, names)
+    acc_name, ref_acc = None, None
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        acc_name = accuracy_output(ref, len(labels))
+        if acc_name is None:
+            raise AnacError(f"'labels' holds {len(labels)} labels but no output has shape ({len(labels)}, classes)")
+        ref_acc = float(np.mean(ref[acc_name].argmax(axis=1) == labels))
+    sim = Simulator(prog, "hardware")
+    per_time: dict[str, dict[str, list[OutputReport]]] = {label: {n: [] for n in names} for label, _ in times}
+    accs: dict[str, list[float]] = {label: [] for label, _ in times}
+    for r in range(repeats):
+        sim.program(seed + r)
+        for label, secs in times:
+            sim.at(secs, drift_compensation)
+            got = sim.run(inputs)
+            for n in names:
+                per_time[label][n].append(compare(got[n], ref[n]))
+            if acc_name is not None:
+                accs[label].append(float(np.mean(as_array(got[acc_name]).argmax(axis=1) == labels)))
+    reports = []
+    for label, secs in times:
+        outs = {}
+        for n, reps in per_time[label].items():
+            outs[n] = {f: Stat.of([getattr(o, f) for o in reps]) for f in ("max_abs_err", "rel_err", "cosine")}
+            am = [o.argmax_agreement for o in reps]
+            outs[n]["argmax_agreement"] = None if any(a is None for a in am) else Stat.of(am)  # type: ignore[arg-type]
+        reports.append(TimeReport(label, secs, outs, Stat.of(accs[label]) if acc_name is not None else None))
+    passed = all(o["rel_err"].mean <= tol for t in reports for o in t.outputs.values())  # type: ignore[union-attr]
+    return HardwareVerifyReport(passed, tol, seed, repeats, drift_compensation, reports, ref_acc, acc_name,
+                                prog.calibration)

@@ -15,20 +15,33 @@ from typing import Any
 import numpy as np
 import onnx
 
+from backends.calibrate import DEFAULT_PERCENTILE, calibrate
 from backends.simulator import Simulator, check_inputs, simulate
-from backends.verify import VerifyReport, verify_program
+from backends.verify import HardwareVerifyReport, VerifyReport, parse_times, verify_hardware, verify_program
+from compiler import driver
 from compiler.artifact import check_writable, default_output, load_program, report_json, save_program, summary
-from compiler.driver import PIPELINE, compile_model
-from compiler.errors import InputError, ShapeError
+from compiler.driver import PIPELINE
+from compiler.errors import AnacError, InputError, ShapeError
 from compiler.frontend import find_unsupported, import_model, load_onnx, tensor_info
-from compiler.hardware import HardwareSpec
+from compiler.hardware import HardwareSpec, load_hardware
 from compiler.ir import TensorInfo
 from compiler.lowering import lower
 from compiler.program import Program
+from passes.partition import Partition
 
-__all__ = ["PIPELINE", "Simulator", "check", "compile_model", "compile_to", "default_output", "load_inputs",
-           "load_program", "make_inputs", "model_inputs", "report_json", "save_program", "simulate", "summary",
-           "verify"]
+__all__ = ["PIPELINE", "Simulator", "calibrate", "check", "compile_model", "compile_to", "default_output",
+           "load_inputs", "load_program", "make_inputs", "model_inputs", "parse_times", "report_json", "save_program",
+           "simulate", "summary", "verify"]
+
+
+def compile_model(model: str | Path | onnx.ModelProto, *,
+                  calibration_data: Mapping[str, np.ndarray] | None = None,
+                  calibration_percentile: float = DEFAULT_PERCENTILE, **kwargs: Any) -> Program:
+    """Compile a model (see compiler.driver.compile_model); calibrate the analog I/O ranges when data is given."""
+    prog = driver.compile_model(model, **kwargs)
+    if calibration_data is not None:
+        calibrate(prog, calibration_data, percentile=calibration_percentile)
+    return prog
 
 
 def compile_to(model: str | Path, out: str | Path | None = None, **kwargs: Any) -> tuple[Program, Path]:
@@ -44,19 +57,27 @@ def check(model: str | Path | onnx.ModelProto,
     """Which nodes go to crossbars, which to the host (and why), which cannot be compiled."""
     graph = import_model(load_onnx(model), input_shapes, default_dim=1)  # batch does not change the mapping
     bad = {n.name: why for n, why in find_unsupported(graph)}
-    analog, host = [], []
-    for node in graph.nodes:
-        if node.name in bad:
-            continue
-        lowered = lower(node, graph)
-        if isinstance(lowered, str):
-            host.append({"node": node.name, "op_type": node.op_type, "reason": lowered})
-        else:
-            mvm, mats = lowered
-            analog.append({"node": node.name, "op_type": node.op_type, "matrices": len(mats),
-                           "shape": list(mats[0].shape), "weights": sum(m.weights.size for m in mats)})
     unsupported = [{"node": n, "op_type": graph.node(n).op_type, "reason": why} for n, why in bad.items()]
-    return {"analog": analog, "host": host, "unsupported": unsupported, "ok": not unsupported}
+    if bad:
+        return {"analog": [], "fused": [], "host": [], "unsupported": unsupported, "ok": False}
+    prog = Program(graph, load_hardware(), list(graph.inputs), list(graph.outputs))
+    Partition().run(prog)  # the compiler's own decision, fused activations included
+    mvms = prog.mvms or {}
+    analog = []
+    for mvm in mvms.values():
+        mats = [prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
+        analog.append({"node": mvm.node, "op_type": mvm.op_type, "matrices": len(mats),
+                       "shape": list(mats[0].shape), "weights": sum(m.weights.size for m in mats)})
+    fused = [{"node": m.activation["node"], "op_type": m.activation["op"], "into": m.node}
+             for m in mvms.values() if m.activation]
+    host = []
+    for st in prog.stages or []:
+        for name in st.nodes if st.kind == "host" else []:
+            node = graph.node(name)
+            why = lower(node, graph)
+            reason = why if isinstance(why, str) else "runs on the host"
+            host.append({"node": name, "op_type": node.op_type, "reason": reason})
+    return {"analog": analog, "fused": fused, "host": host, "unsupported": [], "ok": True}
 
 
 def model_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
@@ -129,20 +150,41 @@ def verify(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     hardware: HardwareSpec | str | Path | None = None,
     options: Mapping[str, Any] | None = None,
-) -> VerifyReport:
-    """Compile (unless ``program`` is given), simulate, and compare with onnxruntime on the original model."""
+    times: str | Sequence[tuple[str, float]] = "1s",
+    repeats: int = 1,
+    drift_compensation: bool = True,
+    calibration_data: Mapping[str, np.ndarray] | None = None,
+) -> VerifyReport | HardwareVerifyReport:
+    """Compile (unless ``program`` is given), simulate, and compare with onnxruntime on the original model.
+
+    ``inputs`` may hold a ``labels`` array (hardware mode then reports top-1
+    accuracy). Hardware mode programs ``repeats`` chip instances from ``seed``
+    and reads them at each of ``times`` ("1s,1h,1d,1y"); a program without
+    calibrated I/O ranges is calibrated on ``calibration_data`` (or the stated
+    random fallback).
+    """
+    if mode not in ("ideal", "hardware"):
+        raise AnacError(f"unknown verify mode '{mode}'; choose ideal or hardware")
+    when = parse_times(times) if isinstance(times, str) else list(times)
     proto = load_onnx(model)
     declared = model_inputs(proto)
     if isinstance(program, (str, Path)):
         program = load_program(program)
+    labels = None
     if inputs is None:
         infos = program.inputs if program is not None else declared
         inputs = make_inputs(infos, batch, seed, input_shapes)
     else:
+        labels = inputs.get("labels")
         inputs = {k: np.asarray(v) for k, v in inputs.items() if k != "labels"}
         check_inputs(declared, inputs)
     if program is None:
         program = compile_model(proto, input_shapes={k: v.shape for k, v in inputs.items()},
                                 hardware=hardware, options=options)
     del proto
-    return verify_program(program, model, inputs, mode=mode, tolerance=tolerance)
+    if mode == "ideal":
+        return verify_program(program, model, inputs, tolerance=tolerance)
+    if calibration_data is not None or any(m.input_range is None for m in (program.mvms or {}).values()):
+        calibrate(program, calibration_data, seed=seed)
+    return verify_hardware(program, model, inputs, when, seed=seed, repeats=repeats,
+                           drift_compensation=drift_compensation, labels=labels, tolerance=tolerance)

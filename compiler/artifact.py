@@ -2,7 +2,9 @@
 
 Layout: ``program.json`` (format, hardware spec, stages in execution order,
 MVMs, matrices, slices with their placement), ``weights.npz`` (per slice its
-weights, per MVM its digital bias; plain .npy members, never pickled),
+weights, its target conductances (float16, D x r x c) and per-column
+conductance scales; per MVM its digital bias; plain .npy members, never
+pickled),
 ``host/<stage>.onnx`` and ``report.json`` (summary figures and pass timings).
 program.json and weights.npz are byte-identical for the same model and
 options. The directory is written under a temporary name and renamed, so a
@@ -51,9 +53,11 @@ def program_json(prog: Program) -> dict[str, Any]:
         "stages": [s.to_json() for s in prog.stages or []],
         "mvms": [m.to_json() for m in (prog.mvms or {}).values()],
         "matrices": [{"id": m.id, "node": m.node, "group": m.group, "shape": list(m.shape),
-                      "encoding": m.encoding} for m in (prog.matrices or {}).values()],
+                      "encoding": m.encoding, "per_column": m.per_column, "clip_sigma": m.clip_sigma}
+                     for m in (prog.matrices or {}).values()],
         "slices": [s.to_json() for s in prog.slices or []],
         "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
+        "calibration": prog.calibration,
     }
 
 
@@ -142,6 +146,9 @@ def _write(prog: Program, where: Path) -> None:
     for s in prog.slices or []:
         w = prog.matrices[s.matrix].weights  # type: ignore[index]
         arrays.append((f"slice_{s.id}", w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]))
+        targets, scale = prog.targets(s)
+        arrays.append((f"conductance_{s.id}", targets))
+        arrays.append((f"scale_{s.id}", scale))
     for i, mvm in enumerate((prog.mvms or {}).values()):
         if mvm.bias is not None:
             arrays.append((f"bias_{i}", mvm.bias))
@@ -186,14 +193,17 @@ def load_program(path: str | Path) -> Program:
     matrices = {}
     for m in data["matrices"]:
         w = np.zeros(tuple(m["shape"]), dtype=np.float32)
-        matrices[m["id"]] = Matrix(m["id"], m["node"], m["group"], w, m["encoding"])
+        matrices[m["id"]] = Matrix(m["id"], m["node"], m["group"], w, m["encoding"], m["per_column"],
+                                   m["clip_sigma"])
     for s in slices:
         matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]] = arrays[f"slice_{s.id}"]
+        prog._targets[s.id] = (arrays[f"conductance_{s.id}"], arrays[f"scale_{s.id}"])
     mvms = {}
     for i, m in enumerate(data["mvms"]):
         bias = arrays.get(f"bias_{i}") if m["has_bias"] else None
         mvms[m["node"]] = MVM(m["node"], m["op_type"], m["kind"], m["input"], m["output"], m["matrices"],
-                              bias=bias, alpha=m["alpha"], params=m["params"])
+                              bias=bias, alpha=m["alpha"], params=m["params"], activation=m["activation"],
+                              input_range=m["input_range"])
     stages = []
     for s in data["stages"]:
         st = Stage(s["name"], s["kind"], s["inputs"], s["outputs"], s["nodes"])
@@ -204,6 +214,7 @@ def load_program(path: str | Path) -> Program:
                 raise ArtifactError(f"host stage {st.name}: cannot read {path / s['model']}: {e}") from None
         stages.append(st)
     prog.stages, prog.mvms, prog.matrices, prog.slices = stages, mvms, matrices, slices
+    prog.calibration = data["calibration"]
     prog.chips_used = data["placement"]["chips"]
     prog.placement_info = {k: v for k, v in data["placement"].items() if k != "chips"}
     prog.produced.update({"partition", "slices", "placement"})

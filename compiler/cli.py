@@ -67,6 +67,9 @@ _shape_option = click.option("--input-shape", "input_shape", multiple=True, meta
 _hw_option = click.option("--hardware", type=click.Path(dir_okay=False), default=None,
                           help="Hardware description (JSON or TOML): a preset plus overrides.")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+_calibration_option = click.option(
+    "--calibration-data", type=click.Path(dir_okay=False, exists=True), default=None,
+    help=".npz of representative inputs (samples on axis 0) that set the analog input/output ranges.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,26 +83,35 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(), default=None, help="Program directory (default MODEL.anac).")
 @_hw_option
 @_shape_option
-@click.option("--encoding", default=None, help="Weight encoding for every layer (default: the hardware's).")
+@click.option("--encoding", default=None, metavar="ENC|LAYER=ENC,...",
+              help="Weight encoding for every layer, or per layer (e.g. 4-PCM,fc0=2-PCM); default: the hardware's.")
+@click.option("--scale", type=click.Choice(["tile", "column"]), default=None,
+              help="Conductance scale per tile (slice) or per output column.")
+@click.option("--clip-sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Clip weights beyond this many standard deviations before mapping to conductances.")
 @click.option("--split-strategy", type=click.Choice(["fill", "even"]), default=None, help="How matrices are cut.")
 @click.option("--max-chips", type=click.IntRange(min=1), default=None, help="Fail if the model needs more chips.")
+@_calibration_option
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None, help="Write what each pass produced.")
 @_json_option
 @_command
 def compile_cmd(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...],
-                encoding: str | None, split_strategy: str | None, max_chips: int | None, dump_dir: str | None,
-                as_json: bool) -> None:
+                encoding: str | None, scale: str | None, clip_sigma: float | None, split_strategy: str | None,
+                max_chips: int | None, calibration_data: str | None, dump_dir: str | None, as_json: bool) -> None:
     """Compile MODEL (.onnx) into a program directory."""
     from dataclasses import replace
 
-    from compiler.api import compile_to, summary
+    from compiler.api import compile_to, load_inputs, summary
     from compiler.hardware import load_hardware
 
     spec = load_hardware(hardware)
     if max_chips is not None:
         spec = replace(spec, max_chips=max_chips).validate()
+    calib = load_inputs(calibration_data) if calibration_data else None
     prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape),
-                           options={"encoding": encoding, "strategy": split_strategy}, dump_dir=dump_dir)
+                           options={"encoding": encoding, "strategy": split_strategy, "scale": scale,
+                                    "clip_sigma": clip_sigma},
+                           dump_dir=dump_dir, calibration_data=calib)
     s = summary(prog)
     if as_json:
         _json_out({**s, "output": str(out)})
@@ -127,6 +139,10 @@ def check_cmd(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
         for a in rep["analog"]:
             click.echo(f"  {a['node']} ({a['op_type']}): {a['matrices']} x {a['shape'][0]}x{a['shape'][1]}, "
                        f"{a['weights']:,} weights")
+        if rep["fused"]:
+            click.echo(f"activations fused into crossbar outputs: {len(rep['fused'])}")
+            for f in rep["fused"]:
+                click.echo(f"  {f['node']} ({f['op_type']}) into {f['into']}")
         click.echo(f"host nodes: {len(rep['host'])}")
         for h in rep["host"]:
             click.echo(f"  {h['node']} ({h['op_type']}): {h['reason']}")
@@ -160,25 +176,40 @@ def inspect_cmd(program: str, as_json: bool) -> None:
 @click.option("--inputs", type=click.Path(dir_okay=False, exists=True), default=None,
               help=".npz of inputs keyed by input name.")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch of seeded random inputs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--mode", type=click.Choice(["ideal"]), default="ideal", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random inputs and of the first programmed chip instance.")
+@click.option("--mode", type=click.Choice(["ideal", "hardware"]), default="ideal", show_default=True,
+              help="ideal: float weights, no noise; hardware: PCM device model and 8-bit I/O.")
+@click.option("--t", "times", default="1s", show_default=True, metavar="T1,T2,...",
+              help="Hardware mode: times after programming (s, m, h, d, w, y), e.g. 1s,1h,1d,1y.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Hardware mode: chip instances programmed (seeds seed, seed+1, ...).")
+@click.option("--drift-compensation/--no-drift-compensation", default=True, show_default=True,
+              help="Hardware mode: global drift compensation per tile.")
+@_calibration_option
 @click.option("--tolerance", type=click.FloatRange(min=0), default=None,
-              help="Largest relative error that passes (default 1e-5 in ideal mode).")
+              help="Largest relative error that passes (default 1e-5 ideal; 0.25 mean in hardware mode).")
 @_hw_option
 @_shape_option
 @_json_option
 @_command
 def verify_cmd(model: str, program: str | None, inputs: str | None, batch: int | None, seed: int, mode: str,
+               times: str, repeats: int, drift_compensation: bool, calibration_data: str | None,
                tolerance: float | None, hardware: str | None, input_shape: tuple[str, ...], as_json: bool) -> None:
     """Simulate the compiled MODEL and compare it with onnxruntime on the original."""
-    from compiler.api import load_inputs, verify
+    from compiler.api import load_inputs, parse_times, verify
 
     if inputs is not None and batch is not None:
         raise click.UsageError("--batch makes random inputs; it cannot be used with --inputs")
+    when = parse_times(times)  # before any work: a bad time is a quick error
     rep = verify(model, program=program, inputs=load_inputs(inputs) if inputs else None, batch=batch, seed=seed,
-                 mode=mode, tolerance=tolerance, input_shapes=_parse_shapes(input_shape), hardware=hardware)
+                 mode=mode, tolerance=tolerance, input_shapes=_parse_shapes(input_shape), hardware=hardware,
+                 times=when, repeats=repeats, drift_compensation=drift_compensation,
+                 calibration_data=load_inputs(calibration_data) if calibration_data else None)
     if as_json:
         _json_out(rep.to_json())
+    elif mode == "hardware":
+        _print_hardware(rep)
     else:
         click.echo(f"{'output':<24} {'max_abs_err':>12} {'rel_err':>12} {'cosine':>10} {'argmax':>8}")
         for name, o in rep.outputs.items():
@@ -187,6 +218,23 @@ def verify_cmd(model: str, program: str | None, inputs: str | None, batch: int |
         click.echo(f"{'PASSED' if rep.passed else 'FAILED'} ({rep.mode} mode, tolerance {rep.tolerance:g})")
     if not rep.passed:
         sys.exit(1)
+
+
+def _print_hardware(rep: Any) -> None:
+    comp = "with" if rep.drift_compensation else "without"
+    click.echo(f"hardware mode: {rep.repeats} programmed instance(s) from seed {rep.seed}, {comp} drift compensation")
+    if rep.reference_accuracy is not None:
+        click.echo(f"top-1 accuracy of onnxruntime on '{rep.accuracy_output}': {rep.reference_accuracy:.4f}")
+    click.echo(f"{'time':<8} {'output':<20} {'rel_err':>17} {'cosine':>10} {'argmax':>8} {'accuracy':>17}")
+    for t in rep.times:
+        for name, o in t.outputs.items():
+            am = "-" if o["argmax_agreement"] is None else f"{o['argmax_agreement'].mean:.4f}"
+            acc = "-" if t.accuracy is None or name != rep.accuracy_output else \
+                f"{t.accuracy.mean:.4f} +- {t.accuracy.std:.4f}"
+            rel = f"{o['rel_err'].mean:.4f} +- {o['rel_err'].std:.4f}"
+            click.echo(f"{t.label:<8} {name:<20} {rel:>17} {o['cosine'].mean:>10.6f} {am:>8} {acc:>17}")
+    verdict = "PASSED" if rep.passed else "FAILED"
+    click.echo(f"{verdict} (hardware mode, mean relative error tolerance {rep.tolerance:g})")
 
 
 @main.command("passes")

@@ -22,6 +22,7 @@ from compiler.errors import PipelineError
 from compiler.frontend import check_supported, import_model, load_onnx
 from compiler.hardware import HardwareSpec, load_hardware
 from compiler.program import Program
+from passes.assign_devices import AssignDevices
 from passes.partition import Partition
 from passes.place import Place
 from passes.split_matrices import SplitMatrices
@@ -37,7 +38,7 @@ class Pass(Protocol):
     def run(self, prog: Program) -> None: ...
 
 
-PIPELINE: tuple[Pass, ...] = (Partition(), SplitMatrices(), Place())
+PIPELINE: tuple[Pass, ...] = (Partition(), AssignDevices(), SplitMatrices(), Place())
 
 
 def pass_options(pipeline: Sequence[Pass] = PIPELINE) -> dict[str, list[str]]:

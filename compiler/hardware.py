@@ -70,7 +70,11 @@ class HardwareSpec:
     links: Links = field(default_factory=Links)
     input_bits: int = 8
     input_encoding: str = "pwm"  # pulse-width modulated durations
-    output_bits: int = 8
+    # How signed inputs drive rows: "polarity" = one pass, the sign picks the pulse polarity and the
+    # magnitude is an unsigned input_bits word; "two-pass" = positive and negative parts in two
+    # passes of unsigned words, their outputs subtracted digitally.
+    input_sign: str = "polarity"
+    output_bits: int = 8  # signed: 2^(bits-1) - 1 levels each side of zero, saturating at the range
     output_encoding: str = "ramp"  # charge -> duration by ramp comparison
     analog_activations: tuple[str, ...] = ("Relu", "HardSigmoid", "HardTanh")
     partial_sums: str = "host"  # where partial sums across tiles are added
@@ -114,6 +118,8 @@ class HardwareSpec:
                     f"encoding '{e.name}': {e.weights_per_cell} weights x {e.devices_per_weight} devices "
                     f"exceed the {self.devices_per_cell} devices of a unit cell")
         self.encoding(self.default_encoding)
+        if self.input_sign not in ("polarity", "two-pass"):
+            raise HardwareSpecError(f"input_sign must be 'polarity' or 'two-pass', got {self.input_sign!r}")
         if self.partial_sums not in ("host", "chip"):
             raise HardwareSpecError(f"partial_sums must be 'host' or 'chip', got {self.partial_sums!r}")
         return self

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from compiler.conductance import device_targets
 from compiler.hardware import HardwareSpec
 from compiler.ir import Graph, TensorInfo
 
@@ -29,6 +30,8 @@ class Matrix:
     group: int  # conv group index (0 for dense layers)
     weights: np.ndarray  # float32, K x N, C-contiguous
     encoding: str | None = None
+    per_column: bool = False  # conductance scale per column, else one per slice (tile)
+    clip_sigma: float | None = None  # clip weights beyond this many standard deviations
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -53,11 +56,15 @@ class MVM:
     bias: np.ndarray | None = None  # per output column (or broadcastable Gemm C)
     alpha: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    # A fused activation at the tile output: {"op": "Relu"|"HardSigmoid"|"Clip", "node": name, ...params}.
+    activation: dict[str, Any] | None = None
+    input_range: float | None = None  # calibrated full-scale input (set by calibration)
 
     def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "kind": self.kind, "input": self.input,
                 "output": self.output, "matrices": self.matrices, "alpha": self.alpha,
-                "has_bias": self.bias is not None, "params": self.params}
+                "has_bias": self.bias is not None, "params": self.params, "activation": self.activation,
+                "input_range": self.input_range}
 
 
 @dataclass
@@ -92,6 +99,7 @@ class Slice:
     tile: int | None = None
     row_offset: int | None = None  # weight rows from the tile's first row
     col_offset: int | None = None
+    output_range: float | None = None  # calibrated full-scale output of this slice
 
     @property
     def n_rows(self) -> int:
@@ -104,12 +112,12 @@ class Slice:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "matrix": self.matrix, "rows": list(self.rows), "cols": list(self.cols),
                 "encoding": self.encoding, "chip": self.chip, "tile": self.tile,
-                "row_offset": self.row_offset, "col_offset": self.col_offset}
+                "row_offset": self.row_offset, "col_offset": self.col_offset, "output_range": self.output_range}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Slice:
         return cls(d["id"], d["matrix"], tuple(d["rows"]), tuple(d["cols"]), d["encoding"],  # type: ignore[arg-type]
-                   d["chip"], d["tile"], d["row_offset"], d["col_offset"])
+                   d["chip"], d["tile"], d["row_offset"], d["col_offset"], d.get("output_range"))
 
 
 @dataclass
@@ -131,7 +139,23 @@ class Program:
     # place
     chips_used: int | None = None
     placement_info: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # how input/output ranges were set
     timings: dict[str, float] = field(default_factory=dict)
+    _targets: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def targets(self, s: Slice) -> tuple[np.ndarray, np.ndarray]:
+        """Target conductances (D x r x c, uS) and per-column scales of a slice.
+
+        Stored as float16 (steps of ~0.01 uS at 25 uS, far below the ~0.3 uS
+        programming noise), so the same values come back from weights.npz.
+        """
+        if s.id not in self._targets:
+            m = self.matrices[s.matrix]  # type: ignore[index]
+            w = m.weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]
+            t, scale = device_targets(w, self.hardware.encoding(s.encoding), self.hardware.device.g_max_us,
+                                      m.per_column, m.clip_sigma)
+            self._targets[s.id] = (t.astype(np.float16), scale)
+        return self._targets[s.id]
 
     def verify(self) -> None:
         """Check cheap invariants of whatever has been produced; raise AssertionError on a bug."""

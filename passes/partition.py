@@ -12,7 +12,7 @@ maximal along the critical path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import onnx
 
@@ -37,19 +37,24 @@ class Partition:
         graph = prog.graph
         mvms: dict[str, MVM] = {}
         matrices: dict[str, Matrix] = {}
+        for node in graph.nodes:
+            lowered = lower(node, graph)
+            if not isinstance(lowered, str):
+                mvm, mats = lowered
+                mvms[node.name] = mvm
+                matrices.update((m.id, m) for m in mats)
+        fused = _fuse_activations(graph, mvms, prog.hardware.analog_activations, {t.name for t in prog.outputs})
         level: dict[str, int] = {}  # tensor -> analog depth of its producer
         node_level: list[tuple[Node, int, bool]] = []
         for node in graph.nodes:
-            lowered = lower(node, graph)
-            analog = not isinstance(lowered, str)
+            if node.name in fused:  # runs at its MVM's tile outputs, in the same analog stage
+                level[node.outputs[0]] = level[fused[node.name]]
+                continue
+            analog = node.name in mvms
             d = max((level.get(t, 0) for t in node_reads(node)), default=0) + int(analog)
             for out in node.outputs:
                 level[out] = d
             node_level.append((node, d, analog))
-            if analog:
-                mvm, mats = lowered  # type: ignore[misc]
-                mvms[node.name] = mvm
-                matrices.update((m.id, m) for m in mats)
         depth = max((d for _, d, _ in node_level), default=0)
         groups: list[tuple[str, list[Node]]] = []
         for d in range(depth + 1):
@@ -57,11 +62,57 @@ class Partition:
                 groups.append(("analog", [n for n, lv, a in node_level if lv == d and a]))
             groups.append(("host", [n for n, lv, a in node_level if lv == d and not a]))
         groups = [(k, ns) for k, ns in groups if ns]
-        prog.stages = _make_stages(graph, groups, [t.name for t in prog.outputs])
+        prog.stages = _make_stages(graph, groups, [t.name for t in prog.outputs], mvms)
         prog.mvms, prog.matrices = mvms, matrices
 
 
-def _make_stages(graph: Graph, groups: list[tuple[str, list[Node]]], graph_outputs: list[str]) -> list[Stage]:
+def _fuse_activations(graph: Graph, mvms: dict[str, MVM], allowed: tuple[str, ...],
+                      graph_outputs: set[str]) -> dict[str, str]:
+    """Fuse an activation that is the only reader of an MVM's output into the MVM.
+
+    Returns {activation node: the MVM's pre-activation tensor}. The spec's
+    ``analog_activations`` says which forms the tile periphery has (ReLU,
+    hard-sigmoid and hard-tanh by gating the ramp; ONNX Clip is the hard-tanh form).
+    """
+    users = graph.consumers()
+    fused: dict[str, str] = {}
+    for mvm in mvms.values():
+        readers = users.get(mvm.output, [])
+        if len(readers) != 1 or mvm.output in graph_outputs:
+            continue
+        act = readers[0]
+        form = _activation(act, graph)
+        if form is None or form["form"] not in allowed or act.inputs[0] != mvm.output:
+            continue
+        fused[act.name] = mvm.output
+        mvm.activation = {"node": act.name, **form}
+        mvm.output = act.outputs[0]
+    return fused
+
+
+def _activation(node: Node, graph: Graph) -> dict[str, Any] | None:
+    """The tile-output activation a node computes, or None."""
+    if node.domain not in ("", "ai.onnx") or len([o for o in node.outputs if o]) != 1:
+        return None
+    if node.op_type == "Relu":
+        return {"form": "Relu", "op": "Relu"}
+    if node.op_type == "HardSigmoid":
+        return {"form": "HardSigmoid", "op": "HardSigmoid", "alpha": float(node.attrs.get("alpha", 0.2)),
+                "beta": float(node.attrs.get("beta", 0.5))}
+    if node.op_type == "Clip":
+        if "min" in node.attrs or "max" in node.attrs:  # opset < 11: bounds are attributes
+            lo, hi = node.attrs.get("min"), node.attrs.get("max")
+        else:
+            bounds = [graph.constants.get(t) if t else None for t in node.inputs[1:3]]
+            if any(t and b is None for t, b in zip(node.inputs[1:3], bounds, strict=False)):
+                return None  # bounds computed at run time
+            lo, hi = (None if b is None else float(b) for b in (bounds + [None, None])[:2])
+        return {"form": "HardTanh", "op": "Clip", "min": lo, "max": hi}
+    return None
+
+
+def _make_stages(graph: Graph, groups: list[tuple[str, list[Node]]], graph_outputs: list[str],
+                 mvms: dict[str, MVM]) -> list[Stage]:
     read_after: list[set[str]] = []  # tensors read by stages after index i, plus graph outputs
     later = set(graph_outputs)
     for _, nodes in reversed(groups):
@@ -72,10 +123,11 @@ def _make_stages(graph: Graph, groups: list[tuple[str, list[Node]]], graph_outpu
     stages = []
     counts = {"host": 0, "analog": 0}
     for (kind, nodes), needed in zip(groups, read_after, strict=True):
-        produced = {o for n in nodes for o in n.outputs if o}
+        writes = [o for n in nodes for o in ([mvms[n.name].output] if kind == "analog" else n.outputs) if o]
+        produced = set(writes)
         reads = list(dict.fromkeys(t for n in nodes for t in node_reads(n)))
         inputs = [t for t in reads if t not in produced and t not in graph.constants]
-        outputs = [o for n in nodes for o in n.outputs if o and o in needed]
+        outputs = [o for o in writes if o in needed]
         name = f"{kind}{counts[kind]}"
         counts[kind] += 1
         stage = Stage(name, kind, inputs, outputs, [n.name for n in nodes])

@@ -22,19 +22,17 @@ class SplitMatrices:
     """Cut each MVM weight matrix into slices that fit one crossbar."""
 
     name: ClassVar[str] = "split_matrices"
-    requires: ClassVar[tuple[str, ...]] = ("partition",)
+    requires: ClassVar[tuple[str, ...]] = ("partition", "encodings")
     produces: ClassVar[tuple[str, ...]] = ("slices",)
     strategy: str = "fill"
-    encoding: str | None = None  # None: the hardware's default encoding
 
     def run(self, prog: Program) -> None:
         if self.strategy not in STRATEGIES:
             raise AnacError(f"unknown split strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
-        encoding = self.encoding or prog.hardware.default_encoding
-        grid_rows, grid_cols = prog.hardware.weight_grid(encoding)
         slices: list[Slice] = []
         for m in (prog.matrices or {}).values():
-            m.encoding = encoding
+            encoding = m.encoding or prog.hardware.default_encoding
+            grid_rows, grid_cols = prog.hardware.weight_grid(encoding)
             k, n = m.shape
             for r0, r1 in _ranges(k, grid_rows, self.strategy):
                 for c0, c1 in _ranges(n, grid_cols, self.strategy):

@@ -67,6 +67,11 @@ def host_nodes(prog) -> set[str]:  # type: ignore[no-untyped-def]
     return {n for st in prog.stages or [] if st.kind == "host" for n in st.nodes}
 
 
+def fused_activations(prog) -> set[str]:  # type: ignore[no-untyped-def]
+    """Names of the activation nodes fused into an MVM (run at its tile outputs, in no host stage)."""
+    return {m.activation["node"] for m in (prog.mvms or {}).values() if m.activation is not None}
+
+
 def stage_kinds(prog) -> list[str]:  # type: ignore[no-untyped-def]
     """The kinds of the stages in execution order, e.g. ["analog", "host", "analog"]."""
     return [st.kind for st in prog.stages or []]

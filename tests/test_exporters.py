@@ -2,9 +2,10 @@
 
 Each exported model is verified in the ideal simulator against onnxruntime at
 a relative error of 1e-5, and the mapping is checked: every Linear and Conv
-layer is one analog node holding that layer's weights, and what is left on
-the host (pools, norms, softmax, attention products, ai.onnx.ml ops) is there
-because it has no constant weight matrix.
+layer is one analog node holding that layer's weights, a Relu that is the only
+reader of such a layer's output is fused into it (runs at the tile outputs),
+and what is left on the host (pools, norms, softmax, attention products,
+ai.onnx.ml ops) is there because it has no constant weight matrix.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import analog_nodes, assert_verified, host_nodes
+from helpers import analog_nodes, assert_verified, fused_activations, host_nodes
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -69,6 +70,15 @@ def _assert_layers_on_crossbars(prog, module: nn.Module, folded: tuple[str, ...]
 
 def _host_ops(prog) -> Counter:  # type: ignore[no-untyped-def]
     return Counter(prog.graph.node(n).op_type for n in host_nodes(prog))
+
+
+def _relus_after_mvms(prog) -> set[str]:  # type: ignore[no-untyped-def]
+    """Relu nodes that read an analog node's output that nothing else reads (and is not a graph output)."""
+    users = prog.graph.consumers()
+    producers = prog.graph.producers()
+    outputs = {t.name for t in prog.outputs}
+    return {n.name for n in prog.graph.nodes if n.op_type == "Relu" and (src := producers.get(n.inputs[0]))
+            and src.name in prog.mvms and len(users[n.inputs[0]]) == 1 and n.inputs[0] not in outputs}
 
 
 def _mappable_on_host(prog) -> list[str]:  # type: ignore[no-untyped-def]
@@ -159,7 +169,11 @@ def test_torch_mlp_with_dynamic_batch(tmp_path):
     prog = compile_model(path, input_shapes={name: [5, 64]})
     _assert_layers_on_crossbars(prog, net)
     assert sum(1 for s in prog.slices if prog.matrices[s.matrix].shape == (600, 520)) == 4
-    assert [st.kind for st in prog.stages] == ["analog", "host", "analog", "host", "analog"]
+    # fc1's Relu is fused: fc2 follows in the next analog stage; only the Tanh is on the host
+    relus = {n.name for n in prog.graph.nodes if n.op_type == "Relu"}
+    assert len(relus) == 1 and fused_activations(prog) == relus == _relus_after_mvms(prog)
+    assert _host_ops(prog) == Counter({"Tanh": 1})
+    assert [st.kind for st in prog.stages] == ["analog", "analog", "host", "analog"]
     report = verify(path, batch=5)
     assert_verified(report, TOL)
     assert report.outputs[prog.outputs[0].name].shape == [5, 10]
@@ -176,7 +190,13 @@ def test_torch_cnn_batchnorm_pools_flatten(tmp_path):
     assert sorted(len(m.matrices) for m in prog.mvms.values()) == [1, 1, 1, 16]  # conv3 is depthwise
     assert not _mappable_on_host(prog)
     ops = _host_ops(prog)
-    assert ops["MaxPool"] == 1 and ops["Relu"] == 3
+    # A Relu right after a Conv is fused into it; one after a BatchNorm the exporter kept stays on the host.
+    # conv3 has no BatchNorm, so at least its Relu is fused.
+    fused = fused_activations(prog)
+    assert fused == _relus_after_mvms(prog) and len(fused) >= 1
+    assert {prog.graph.node(n).op_type for n in fused} == {"Relu"}
+    assert ops["Relu"] == 3 - len(fused) == ops["BatchNormalization"]
+    assert ops["MaxPool"] == 1
     assert ops["ReduceMean"] + ops["GlobalAveragePool"] == 1
     assert {"Conv", "Gemm", "MatMul"}.isdisjoint(ops)
     assert_verified(verify(path, seed=1), TOL)
@@ -193,6 +213,7 @@ def test_torch_transformer_encoder_block(tmp_path):
     assert ops["MatMul"] == 2 and not _mappable_on_host(prog)
     assert ops["Softmax"] == 1 and ops["LayerNormalization"] == 2
     assert ops["Gelu"] == 1 or ops["Erf"] == 1
+    assert not fused_activations(prog)  # GELU is no tile-output activation; the Linear biases are host Adds
     kinds = [st.kind for st in prog.stages]
     assert kinds.count("analog") == 4  # {q, k, v} in one stage, then o, up, down
     assert_verified(verify(path, seed=2), TOL)
@@ -232,6 +253,10 @@ def test_torch_conv1d(tmp_path):
     conv = [m for m in prog.mvms.values() if m.kind == "conv"]
     assert len(conv) == 3 and sorted(len(m.matrices) for m in conv) == [1, 1, 16]
     assert {"Conv", "Gemm", "MatMul"}.isdisjoint(_host_ops(prog))
+    # both Relus directly follow a Conv: fused, none on the host
+    relus = {n.name for n in prog.graph.nodes if n.op_type == "Relu"}
+    assert len(relus) == 2 and fused_activations(prog) == relus == _relus_after_mvms(prog)
+    assert _host_ops(prog)["Relu"] == 0
     assert_verified(verify(path, seed=3), TOL)
 
 

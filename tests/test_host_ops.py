@@ -1,9 +1,10 @@
 """End to end: graphs with host ops between analog ops, built with onnx.helper.
 
-Each model is compiled (which nodes went to crossbars, which to host stages,
-in what order) and verified in the ideal simulator against onnxruntime at a
-relative error of 1e-5. Several weight matrices are larger than one 512 x 512
-crossbar, so slices and digital partial sums are exercised too.
+Each model is compiled (which nodes went to crossbars, which activations were
+fused into them, which nodes went to host stages, in what order) and verified
+in the ideal simulator against onnxruntime at a relative error of 1e-5.
+Several weight matrices are larger than one 512 x 512 crossbar, so slices and
+digital partial sums are exercised too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from helpers import (
     assert_verified,
     batch_shapes,
     const,
+    fused_activations,
     host_nodes,
     make_model,
     node,
@@ -37,15 +39,25 @@ def _slices_of(prog, node_name: str) -> int:  # type: ignore[no-untyped-def]
     return sum(1 for s in prog.slices if s.matrix in mids)
 
 
-def _check(model, analog: set[str], host: set[str], batch: int | None = BATCH, tmp_path=None, **kw):  # type: ignore[no-untyped-def]
-    """Compile and verify ``model``; assert exactly ``analog`` are MVMs and ``host`` are in host stages."""
+def _check(model, analog: set[str], host: set[str], batch: int | None = BATCH, tmp_path=None,  # type: ignore[no-untyped-def]
+           fused: set[str] = frozenset(), **kw):
+    """Compile and verify ``model``; assert exactly ``analog`` are MVMs, exactly ``fused`` are activations
+    fused into them (run at the tile outputs of their MVM's analog stage), and ``host`` are in host stages."""
     shapes = batch_shapes(model, batch) if batch is not None else None
     prog = compile_model(model, input_shapes=shapes)
     assert analog_nodes(prog) == analog
+    assert fused_activations(prog) == set(fused)
     assert host <= host_nodes(prog)
-    assert not analog & host_nodes(prog)
+    assert not (analog | set(fused)) & host_nodes(prog)
     for name in analog:
         assert prog.stages[stage_of(prog, name)].kind == "analog"
+    for name in fused:
+        act = prog.graph.node(name)
+        (mvm,) = [m for m in prog.mvms.values() if m.activation and m.activation["node"] == name]
+        pre = prog.graph.node(mvm.node).outputs[0]
+        assert act.inputs[0] == pre and mvm.output == act.outputs[0] and mvm.activation["op"] == act.op_type
+        # in no stage of its own, and the pre-activation tensor never leaves the MVM's analog stage
+        assert all(name not in st.nodes and pre not in st.inputs + st.outputs for st in prog.stages)
     source = save(model, tmp_path) if tmp_path is not None else model
     assert_verified(verify(source, batch=batch, **kw), TOL)
     return prog
@@ -107,8 +119,10 @@ def test_conv_maxpool_averagepool_flatten_gemm(rng):
         [const("k1", weights(rng, 8, 3, 3, 3, scale=0.3)), const("c1", weights(rng, 8, scale=0.1)),
          const("k2", weights(rng, 16, 8, 3, 3, scale=0.1)),
          const("w", weights(rng, 16 * 3 * 3, 10)), const("b", weights(rng, 10, scale=0.1))])
-    prog = _check(model, {"a1", "a2", "y"}, {"r1", "p1", "p2", "f"})
+    # a1's only reader is its Relu: fused, so MaxPool is the first host op
+    prog = _check(model, {"a1", "a2", "y"}, {"p1", "p2", "f"}, fused={"r1"})
     assert stage_kinds(prog) == ["analog", "host", "analog", "host", "analog"]
+    assert prog.stages[1].inputs == ["r1"] and prog.mvms["a1"].bias is not None
     assert prog.mvms["a1"].kind == "conv" and prog.mvms["y"].kind == "dense"
     assert prog.matrices["a2"].shape == (8 * 3 * 3, 16)
 
@@ -132,6 +146,7 @@ def test_batchnorm_between_convs_stays_on_host(rng):
         [tensor("x", ["N", 3, 10, 10])], [tensor("y", ["N", 5])],
         [const("k1", weights(rng, 64, 3, 3, 3, scale=0.3)), const("k2", weights(rng, 12, 64, 3, 3, scale=0.05)),
          const("c2", weights(rng, 12, scale=0.1)), const("w", weights(rng, 12, 5))] + bn("bn1", 64) + bn("bn2", 12))
+    # r1 reads the BatchNorm, not the Conv: it stays on the host
     prog = _check(model, {"a1", "a2", "y"}, {"n1", "r1", "n2", "g", "f"})
     assert prog.matrices["a2"].shape == (576, 12)
     assert _slices_of(prog, "a2") == 2
@@ -213,12 +228,16 @@ def _attention_model(rng, d: int = 32, heads: int = 2, ffn: int = 600):  # type:
 def test_attention_score_and_context_matmuls_run_on_host(rng, tmp_path):
     model = _attention_model(rng)
     prog = _check(model, {"q", "k", "v", "attn", "up", "down"},
-                  {"scores", "probs", "ctx", "scaled", "res1", "n1", "y"}, tmp_path=tmp_path)
+                  {"scores", "probs", "ctx", "scaled", "res1", "n1", "y"}, tmp_path=tmp_path, fused={"up_r"})
     # Q K^T and P V multiply two activations: host; every projection: a crossbar
     assert "scores" not in prog.mvms and "ctx" not in prog.mvms
     assert stage_of(prog, "q") == stage_of(prog, "k") == stage_of(prog, "v")
     assert stage_of(prog, "q") < stage_of(prog, "scores") == stage_of(prog, "ctx") < stage_of(prog, "attn")
-    assert stage_kinds(prog) == ["analog", "host", "analog", "host", "analog", "host", "analog", "host"]
+    # the FFN's Relu is fused into 'up': 'down' follows in the next analog stage, with no host stage between
+    assert stage_kinds(prog) == ["analog", "host", "analog", "host", "analog", "analog", "host"]
+    assert stage_of(prog, "up") + 1 == stage_of(prog, "down")
+    assert prog.stages[stage_of(prog, "up")].outputs == ["up_r"]
+    assert prog.stages[stage_of(prog, "down")].inputs == ["up_r"]
     assert _slices_of(prog, "down") == 2
 
 
@@ -259,8 +278,11 @@ def test_conv_variants(rng, case):
         ins.append("b")
     model = make_model([node("Conv", ins, ["h"], **attrs), node("Relu", ["h"], ["y"])],
                        [tensor("x", ["N", *in_shape])], [tensor("y", [None] * (len(in_shape) + 1))], inits)
-    prog = _check(model, {"h"}, {"y"})
+    # the Relu is the only reader of the conv output (which is not a graph output): fused, no host stage
+    prog = _check(model, {"h"}, set(), fused={"y"})
+    assert stage_kinds(prog) == ["analog"] and prog.stages[0].outputs == ["y"]
     mvm = prog.mvms["h"]
+    assert mvm.output == "y" and mvm.activation["op"] == "Relu"
     group = attrs.get("group", 1)
     assert mvm.kind == "conv" and len(mvm.matrices) == group
     for mid in mvm.matrices:
@@ -328,8 +350,9 @@ def test_gemm_between_host_ops_with_constant_first_operand(rng):
          node("Transpose", ["r"], ["y"], perm=[1, 0])],
         [tensor("x", ["N", 600])], [tensor("y", ["N", 700])],
         [const("a", weights(rng, 700, 600, scale=1 / np.sqrt(600))), const("c", weights(rng, 700, 1, scale=0.5))])
-    prog = _check(model, {"h"}, {"xt", "r", "y"})
+    prog = _check(model, {"h"}, {"xt", "y"}, fused={"r"})
     assert stage_kinds(prog) == ["host", "analog", "host"]
+    assert host_nodes(prog) == {"xt", "y"} and prog.stages[2].inputs == ["r"]
     assert prog.matrices["h"].shape == (600, 700)
 
 
@@ -403,9 +426,15 @@ def test_residual_adds_interleave_host_and_analog_stages(rng, tmp_path):
         [tensor("x", ["N", 64])], [tensor("y", ["N", 64])],
         [const("w1", weights(rng, 64, 600)), const("w2", weights(rng, 600, 64)), const("w3", weights(rng, 64, 600)),
          const("w4", weights(rng, 600, 64)), const("w5", weights(rng, 600, 64))])
-    prog = _check(model, {"h1", "h2", "h3", "h4", "h1_proj"}, {"r1", "s1", "r3", "s2", "y"}, tmp_path=tmp_path)
-    assert stage_kinds(prog) == ["analog", "host", "analog", "host", "analog", "host", "analog", "host"]
+    # h1 has two readers (Relu r1 and h1_proj): r1 stays on the host; h3's only reader is r3: fused
+    prog = _check(model, {"h1", "h2", "h3", "h4", "h1_proj"}, {"r1", "s1", "s2", "y"}, tmp_path=tmp_path,
+                  fused={"r3"})
+    assert host_nodes(prog) == {"r1", "s1", "s2", "y"}
+    # h4 reads r3, the fused output of h3: two analog stages in a row
+    assert stage_kinds(prog) == ["analog", "host", "analog", "host", "analog", "analog", "host"]
     assert stage_of(prog, "h2") == stage_of(prog, "h1_proj")
+    assert stage_of(prog, "h3") + 1 == stage_of(prog, "h4")
+    assert prog.stages[stage_of(prog, "h3")].outputs == ["r3"]
     assert "x" in prog.stages[stage_of(prog, "s1")].inputs  # the graph input is carried to the Add
     y_stage = prog.stages[stage_of(prog, "y")]
     assert {"h4", "s1", "h1_proj"} <= set(y_stage.inputs)

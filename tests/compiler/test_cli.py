@@ -50,7 +50,15 @@ def test_compile_json_inspect_and_verify(tmp_path: Path) -> None:
     assert rep["analog_nodes"] == 4 and rep["chips"] == 1
     # 1960 rows need 4 row blocks of 512; then one tile per 512 x 512 layer; the 512 x 12 head takes a tile.
     assert rep["tiles"] == 7
-    assert sorted(p.name for p in (out / "host").iterdir()) == ["host0.onnx", "host1.onnx", "host2.onnx"]
+    # Gemm -> Relu x 3 -> Gemm: each Relu is its Gemm's only reader, so it is fused and runs at the tile
+    # outputs; four analog stages in a row, no host stage, so no host/*.onnx.
+    assert rep["analog_stages"] == 4 and rep["host_stages"] == 0 and rep["host_nodes"] == 0
+    assert sorted(p.name for p in (out / "host").glob("*")) == []
+    pj = json.loads((out / "program.json").read_text())
+    assert [s["kind"] for s in pj["stages"]] == ["analog"] * 4
+    assert [(m["node"], (m["activation"] or {}).get("node"), m["output"]) for m in pj["mvms"]] == [
+        ("fc0", "relu0", "relu0_out"), ("fc1", "relu1", "relu1_out"), ("fc2", "relu2", "relu2_out"),
+        ("fc3", None, "logits")]
 
     code, stdout, _ = run("inspect", out)
     assert code == 0
@@ -86,7 +94,9 @@ def test_check_lists_analog_and_host_nodes() -> None:
     assert code == 0
     rep = json.loads(stdout)
     assert rep["ok"] and len(rep["analog"]) == 3 and rep["unsupported"] == []
-    assert {"Relu", "MaxPool"} <= {h["op_type"] for h in rep["host"]}
+    # Both ReLUs follow a Conv and are its only reader: fused at the tile outputs, as compile does.
+    assert [(f["op_type"], f["into"]) for f in rep["fused"]] == [("Relu", "node_conv2d"), ("Relu", "node_conv2d_1")]
+    assert sorted(h["op_type"] for h in rep["host"]) == ["AveragePool", "MaxPool", "Reshape"]
 
 
 def test_passes_lists_the_pipeline() -> None:
