@@ -164,10 +164,9 @@ class HardwareVerifyReport:
                 "repeats": self.repeats, "drift_compensation": self.drift_compensation,
                 "reference_accuracy": self.reference_accuracy, "accuracy_output": self.accuracy_output,
                 "calibration": self.calibration,
-                "times": {t.label: {"seconds": t.seconds, "accuracy": _stat_json(t.accuracy),
-                                    "outputs": {k: {f: _stat_json(v) for f, v in o.items()}
-                                                for k, o in t.outputs.items()}}
-                          for t in self.times}}
+                "times": [{"t": t.label, "seconds": t.seconds, "accuracy": _stat_json(t.accuracy),
+                           "outputs": {k: {f: _stat_json(v) for f, v in o.items()} for k, o in t.outputs.items()}}
+                          for t in self.times]}
 
 
 def _stat_json(s: Stat | None) -> dict[str, float] | None:
