@@ -51,24 +51,42 @@ class ProgrammedChip:
         self.model = device_model(hw.device)
         self.noiseless = isinstance(self.model, NoiselessModel)
         rng = np.random.default_rng([seed, 0])
-        self._state: dict[int, tuple[np.ndarray, np.ndarray, Encoding, np.ndarray]] = {}
-        self._reference: dict[int, float] = {}
-        for s in prog.slices or []:
-            targets, scale = prog.targets(s)
-            t32 = targets.astype(np.float32)
-            enc = hw.encoding(s.encoding)
-            g = self.model.program(t32, rng)
-            if enc.devices_per_weight == 4 and enc.significance_factor != 1.0:
-                g = self._program_lsb(g, t32, enc, rng)
-            nu = self.model.drift_exponents(t32, rng)
-            self._state[s.id] = (g, nu, enc, scale)
+        g_max = hw.device.g_max_us
+        self._devices = {s.id: ProgrammedDevices(self.model, *prog.targets(s), hw.encoding(s.encoding), g_max, rng)
+                         for s in prog.slices or []}
         ref_rng = np.random.default_rng([seed, 1])
-        for s in prog.slices or []:
-            self._reference[s.id] = self._probe(self._read(s.id, T_PROBE, ref_rng))
+        for d in self._devices.values():
+            d.set_reference(ref_rng)
 
-    def _program_lsb(self, g: np.ndarray, t: np.ndarray, enc: Encoding, rng: np.random.Generator) -> np.ndarray:
+    def weights_at(self, t: float, drift_compensation: bool = True) -> dict[int, np.ndarray]:
+        """Each slice's effective weights read at ``t`` seconds after programming."""
+        rng = np.random.default_rng([self.seed, 2, int(round(_check_time(t) * 1e3))])
+        compensate = drift_compensation and not self.noiseless
+        return {sid: d.weights_at(t, rng, compensate) for sid, d in self._devices.items()}
+
+
+def _check_time(t: float) -> float:
+    if t < 0 or not np.isfinite(t):
+        raise AnacError(f"time after programming must be a finite number >= 0 s, got {t}")
+    return t
+
+
+class ProgrammedDevices:
+    """The devices of one slice, programmed once: conductances, drift exponents, reference read."""
+
+    def __init__(self, model: PCMModel | NoiselessModel, targets: np.ndarray, scale: np.ndarray, enc: Encoding,
+                 g_max: float, rng: np.random.Generator) -> None:
+        self.model, self.enc, self.scale = model, enc, scale
+        t32 = targets.astype(np.float32)
+        g = model.program(t32, rng)
+        if enc.devices_per_weight == 4 and enc.significance_factor != 1.0:
+            g = self._program_lsb(g, t32, g_max, rng)
+        self.g, self.nu = g, model.drift_exponents(t32, rng)
+        self.reference = 0.0
+
+    def _program_lsb(self, g: np.ndarray, t: np.ndarray, g_max: float, rng: np.random.Generator) -> np.ndarray:
         """F > 1: program the LSB pair to the residual the programmed MSB pair left (closed loop)."""
-        f, g_max = enc.significance_factor, self.prog.hardware.device.g_max_us
+        f = self.enc.significance_factor
         target = (f + 1) * (t[0] - t[2])  # s W, in uS
         residual = target - f * (g[0] - g[2])
         lsb = np.stack([np.clip(residual, 0, g_max), np.clip(-residual, 0, g_max)]).astype(np.float32)
@@ -76,29 +94,26 @@ class ProgrammedChip:
         g[1], g[3] = self.model.program(lsb, rng)
         return g
 
-    def _read(self, sid: int, t: float, rng: np.random.Generator) -> np.ndarray:
-        g, nu, enc, scale = self._state[sid]
-        return combine(self.model.read(g, nu, t, rng), enc, scale)
+    def read(self, t: float, rng: np.random.Generator) -> np.ndarray:
+        """The weights the devices represent when read at ``t``."""
+        return combine(self.model.read(self.g, self.nu, t, rng), self.enc, self.scale)
 
-    @staticmethod
-    def _probe(w: np.ndarray) -> float:
-        # A fixed all-ones probe on every row: the summed magnitude of the column outputs.
-        return float(np.abs(w.sum(axis=0, dtype=np.float64)).sum())
+    def set_reference(self, rng: np.random.Generator) -> None:
+        """Global drift compensation: read with the probe right after programming."""
+        self.reference = _probe(self.read(T_PROBE, rng))
 
-    def weights_at(self, t: float, drift_compensation: bool = True) -> dict[int, np.ndarray]:
-        """Each slice's effective weights read at ``t`` seconds after programming."""
-        if t < 0 or not np.isfinite(t):
-            raise AnacError(f"time after programming must be a finite number >= 0 s, got {t}")
-        rng = np.random.default_rng([self.seed, 2, int(round(t * 1e3))])
-        out = {}
-        for sid in self._state:
-            w = self._read(sid, t, rng)
-            if drift_compensation and not self.noiseless:
-                now = self._probe(w)
-                if now > 0:
-                    w = w * np.float32(self._reference[sid] / now)
-            out[sid] = np.ascontiguousarray(w, dtype=np.float32)
-        return out
+    def weights_at(self, t: float, rng: np.random.Generator, compensate: bool) -> np.ndarray:
+        w = self.read(t, rng)
+        if compensate:
+            now = _probe(w)
+            if now > 0:
+                w = w * np.float32(self.reference / now)
+        return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _probe(w: np.ndarray) -> float:
+    # A fixed all-ones probe on every row: the summed magnitude of the column outputs.
+    return float(np.abs(w.sum(axis=0, dtype=np.float64)).sum())
 
 
 def quantize_signed(x: np.ndarray, full_scale: float | np.ndarray, bits: int) -> np.ndarray:

@@ -46,7 +46,7 @@ def calibrate(prog: Program, data: Mapping[str, np.ndarray] | None = None, *,
         batches = list(_random_batches(prog, seed))
         source = f"fallback: {FALLBACK_DRAWS} draws of seeded N(0,1) inputs (seed {seed})"
     else:
-        batches = list(_batches(prog, data))
+        batches = list(calibration_batches(prog, data))
         source = f"data: {len(batches)} batch(es)"
     for batch in batches:
         sim.run(batch)
@@ -75,7 +75,7 @@ def _random_batches(prog: Program, seed: int) -> Iterator[dict[str, np.ndarray]]
         yield batch
 
 
-def _batches(prog: Program, data: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+def calibration_batches(prog: Program, data: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """Cut the calibration arrays (samples on axis 0) into batches of the compiled input shapes.
 
     The last batch wraps around to the first samples, so any number of samples

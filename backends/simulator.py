@@ -194,13 +194,17 @@ class Simulator:
         return y[:m] - y[m:] if hw.input_sign == "two-pass" else y
 
     def _run_mvm(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
-        plans: list[Any] = self._plans[mvm.node] if self.mode == "ideal" else self._stacks[mvm.node]
-        shapes = [self.prog.matrices[m].shape for m in mvm.matrices]  # type: ignore[index]
+        matrices = [self.prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
+        groups = self._plans[mvm.node] if self.mode == "ideal" else self._stacks[mvm.node]
+        # Each group: its kept input rows (None = all, else the rows prune_inputs kept) and its slices.
+        plans: list[Any] = [(m.kept_rows, g) for m, g in zip(matrices, groups, strict=True)]
+        shapes = [(m.input_rows, m.shape[1]) for m in matrices]
         x = np.asarray(x, dtype=np.float32)
         base = self._matmul_ideal if self.mode == "ideal" else self._matmul_hardware
 
         def matmul(rows: np.ndarray, group: Any, n: int) -> np.ndarray:
-            return base(mvm, rows, group, n)  # type: ignore[arg-type]
+            kept, inner = group
+            return base(mvm, rows if kept is None else rows[:, kept], inner, n)
 
         if mvm.kind == "conv":
             y = _conv(x, mvm, plans, shapes, matmul)

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from backends.calibrate import DEFAULT_PERCENTILE, calibrate
+from backends.calibrate import DEFAULT_PERCENTILE, calibrate, calibration_batches
+from backends.estimates import layer_sensitivity
 from backends.simulator import Simulator, check_inputs, simulate
 from backends.verify import HardwareVerifyReport, VerifyReport, parse_times, verify_hardware, verify_program
 from compiler import driver
 from compiler.artifact import check_writable, default_output, load_program, report_json, save_program, summary
 from compiler.driver import PIPELINE
-from compiler.errors import AnacError, InputError, ShapeError
+from compiler.errors import AnacError, InputError, PlacementCapacityError, ShapeError
 from compiler.frontend import find_unsupported, import_model, load_onnx, tensor_info
 from compiler.hardware import HardwareSpec, load_hardware
 from compiler.ir import TensorInfo
@@ -34,14 +35,71 @@ __all__ = ["PIPELINE", "Simulator", "calibrate", "check", "compile_model", "comp
            "simulate", "summary", "verify"]
 
 
+_BUDGETS = ("chips", "tiles", "pcm_per_weight")
+_CAPACITY_RETRIES = 3
+
+
 def compile_model(model: str | Path | onnx.ModelProto, *,
                   calibration_data: Mapping[str, np.ndarray] | None = None,
                   calibration_percentile: float = DEFAULT_PERCENTILE, **kwargs: Any) -> Program:
-    """Compile a model (see compiler.driver.compile_model); calibrate the analog I/O ranges when data is given."""
-    prog = driver.compile_model(model, **kwargs)
+    """Compile a model (see compiler.driver.compile_model); calibrate the analog I/O ranges when data is given.
+
+    With a budget option (chips, tiles, pcm_per_weight) it first measures each
+    layer's sensitivity to each encoding (backends/estimates.py), on layer
+    inputs captured from the calibration data when given; with pruning and
+    calibration data, input rows are ranked by weight norm times input RMS.
+    """
+    options = dict(kwargs.pop("options", None) or {})
+    budgeted = any(options.get(k) is not None for k in _BUDGETS)
+    if (budgeted and options.get("sensitivity") is None) or (options.get("prune") and calibration_data is not None):
+        model = load_onnx(model) if not isinstance(model, onnx.ModelProto) else model
+        probe = driver.compile_model(model, **{**kwargs, "options": {k: v for k, v in options.items()
+                                                                       if k not in (*_BUDGETS, "prune")}})
+        layer_inputs = _layer_inputs(probe, calibration_data) if calibration_data is not None else None
+        if budgeted and options.get("sensitivity") is None:
+            options["sensitivity"] = layer_sensitivity(probe, layer_inputs)
+        if options.get("prune") and layer_inputs is not None:
+            options["row_scale"] = {k: np.sqrt(np.mean(np.square(v, dtype=np.float64), axis=0))
+                                    for k, v in layer_inputs.items()
+                                    if len(probe.mvms[k].matrices) == 1}  # type: ignore[index]
+        del probe
+    for attempt in range(_CAPACITY_RETRIES):
+        try:
+            prog = driver.compile_model(model, options=options, **kwargs)
+            break
+        except PlacementCapacityError:
+            # The packer can miss the per-encoding lower bound the knapsack assumes by a tile;
+            # tighten the tile budget by one and choose again.
+            tiles = _tile_budget(options, kwargs.get("hardware"))
+            if not budgeted or tiles is None or tiles <= 1 or attempt == _CAPACITY_RETRIES - 1:
+                raise
+            options["tiles"] = tiles - 1
     if calibration_data is not None:
         calibrate(prog, calibration_data, percentile=calibration_percentile)
     return prog
+
+
+def _tile_budget(options: Mapping[str, Any], hardware: Any) -> int | None:
+    spec = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
+    budgets = [b for b in (options.get("tiles"), None if options.get("chips") is None
+                           else options["chips"] * spec.tiles_per_chip) if b is not None]
+    return min(budgets) if budgets else None
+
+
+def _layer_inputs(prog: Program, data: Mapping[str, np.ndarray], rows: int = 256) -> dict[str, np.ndarray]:
+    """Up to ``rows`` input rows of every crossbar layer, from an ideal run on calibration data."""
+    seen: dict[str, list[np.ndarray]] = {}
+
+    def observe(kind: str, key: Any, values: np.ndarray) -> None:
+        if kind == "input" and sum(len(v) for v in seen.get(key, [])) < rows:
+            seen.setdefault(key, []).append(np.asarray(values[:rows], np.float32))
+
+    sim = Simulator(prog, "ideal", observer=observe)
+    for batch in calibration_batches(prog, data):
+        sim.run(batch)
+        if all(sum(len(v) for v in seen.get(n, [])) >= rows for n in prog.mvms or {}):
+            break
+    return {k: np.concatenate(v)[:rows] for k, v in seen.items()}
 
 
 def compile_to(model: str | Path, out: str | Path | None = None, **kwargs: Any) -> tuple[Program, Path]:

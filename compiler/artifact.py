@@ -53,11 +53,14 @@ def program_json(prog: Program) -> dict[str, Any]:
         "stages": [s.to_json() for s in prog.stages or []],
         "mvms": [m.to_json() for m in (prog.mvms or {}).values()],
         "matrices": [{"id": m.id, "node": m.node, "group": m.group, "shape": list(m.shape),
-                      "encoding": m.encoding, "per_column": m.per_column, "clip_sigma": m.clip_sigma}
+                      "encoding": m.encoding, "per_column": m.per_column, "clip_sigma": m.clip_sigma,
+                      "input_rows": m.input_rows, "pruned": m.kept_rows is not None}
                      for m in (prog.matrices or {}).values()],
         "slices": [s.to_json() for s in prog.slices or []],
         "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
         "calibration": prog.calibration,
+        "pruning": prog.pruning,
+        "assignment": prog.assignment,
     }
 
 
@@ -152,6 +155,9 @@ def _write(prog: Program, where: Path) -> None:
     for i, mvm in enumerate((prog.mvms or {}).values()):
         if mvm.bias is not None:
             arrays.append((f"bias_{i}", mvm.bias))
+    for i, m in enumerate((prog.matrices or {}).values()):
+        if m.kept_rows is not None:
+            arrays.append((f"kept_rows_{i}", m.kept_rows))
     _write_npz(where / "weights.npz", arrays)
     for st in prog.stages or []:
         if st.kind == "host" and st.model is not None:
@@ -191,10 +197,11 @@ def load_program(path: str | Path) -> Program:
     prog = Program(graph, HardwareSpec.from_json(data["hardware"]), inputs, outputs, options=data["options"])
     slices = [Slice.from_json(s) for s in data["slices"]]
     matrices = {}
-    for m in data["matrices"]:
+    for i, m in enumerate(data["matrices"]):
         w = np.zeros(tuple(m["shape"]), dtype=np.float32)
+        kept = arrays[f"kept_rows_{i}"] if m["pruned"] else None
         matrices[m["id"]] = Matrix(m["id"], m["node"], m["group"], w, m["encoding"], m["per_column"],
-                                   m["clip_sigma"])
+                                   m["clip_sigma"], kept, m["input_rows"])
     for s in slices:
         matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]] = arrays[f"slice_{s.id}"]
         prog._targets[s.id] = (arrays[f"conductance_{s.id}"], arrays[f"scale_{s.id}"])
@@ -215,8 +222,9 @@ def load_program(path: str | Path) -> Program:
         stages.append(st)
     prog.stages, prog.mvms, prog.matrices, prog.slices = stages, mvms, matrices, slices
     prog.calibration = data["calibration"]
+    prog.pruning, prog.assignment = data["pruning"], data["assignment"]
     prog.chips_used = data["placement"]["chips"]
     prog.placement_info = {k: v for k, v in data["placement"].items() if k != "chips"}
-    prog.produced.update({"partition", "slices", "placement"})
+    prog.produced.update({"partition", "pruning", "encodings", "slices", "placement"})
     prog.verify()
     return prog

@@ -90,6 +90,15 @@ def main() -> None:
 @click.option("--clip-sigma", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Clip weights beyond this many standard deviations before mapping to conductances.")
 @click.option("--split-strategy", type=click.Choice(["fill", "even"]), default=None, help="How matrices are cut.")
+@click.option("--prune-inputs", "prune", default=None, metavar="auto|LAYER=ROWS,...",
+              help="Keep a layer's most important input rows (auto: the first layer to one tile's rows).")
+@click.option("--chips", type=click.IntRange(min=1), default=None,
+              help="Chip budget: choose encodings per layer to fit it, and fail if the model cannot.")
+@click.option("--tiles", type=click.IntRange(min=1), default=None, help="Tile budget for the encoding choice.")
+@click.option("--pcm-per-weight", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Average PCM devices per weight allowed (e.g. 3.0).")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="CP-SAT time limit in seconds for the encoding choice (default 10).")
 @click.option("--max-chips", type=click.IntRange(min=1), default=None, help="Fail if the model needs more chips.")
 @_calibration_option
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None, help="Write what each pass produced.")
@@ -97,7 +106,9 @@ def main() -> None:
 @_command
 def compile_cmd(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...],
                 encoding: str | None, scale: str | None, clip_sigma: float | None, split_strategy: str | None,
-                max_chips: int | None, calibration_data: str | None, dump_dir: str | None, as_json: bool) -> None:
+                prune: str | None, chips: int | None, tiles: int | None, pcm_per_weight: float | None,
+                time_limit: float | None, max_chips: int | None, calibration_data: str | None,
+                dump_dir: str | None, as_json: bool) -> None:
     """Compile MODEL (.onnx) into a program directory."""
     from dataclasses import replace
 
@@ -105,12 +116,15 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
     from compiler.hardware import load_hardware
 
     spec = load_hardware(hardware)
-    if max_chips is not None:
-        spec = replace(spec, max_chips=max_chips).validate()
+    limit = min(c for c in (max_chips, chips, spec.max_chips) if c is not None) \
+        if any(c is not None for c in (max_chips, chips)) else None
+    if limit is not None:
+        spec = replace(spec, max_chips=limit).validate()
     calib = load_inputs(calibration_data) if calibration_data else None
     prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape),
                            options={"encoding": encoding, "strategy": split_strategy, "scale": scale,
-                                    "clip_sigma": clip_sigma},
+                                    "clip_sigma": clip_sigma, "prune": prune, "chips": chips, "tiles": tiles,
+                                    "pcm_per_weight": pcm_per_weight, "time_limit_s": time_limit},
                            dump_dir=dump_dir, calibration_data=calib)
     s = summary(prog)
     if as_json:

@@ -25,6 +25,7 @@ from compiler.program import Program
 from passes.assign_devices import AssignDevices
 from passes.partition import Partition
 from passes.place import Place
+from passes.prune_inputs import PruneInputs
 from passes.split_matrices import SplitMatrices
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,10 @@ class Pass(Protocol):
     def run(self, prog: Program) -> None: ...
 
 
-PIPELINE: tuple[Pass, ...] = (Partition(), AssignDevices(), SplitMatrices(), Place())
+# Options the API measures and hands to passes; what they lead to is reported, not stored as options.
+MEASURED_OPTIONS = ("sensitivity", "row_scale")
+
+PIPELINE: tuple[Pass, ...] = (Partition(), PruneInputs(), AssignDevices(), SplitMatrices(), Place())
 
 
 def pass_options(pipeline: Sequence[Pass] = PIPELINE) -> dict[str, list[str]]:
@@ -91,7 +95,8 @@ def compile_model(
     frontend_s = time.perf_counter() - t0
     say(f"frontend: {len(graph.nodes)} nodes, {graph.weight_count:,} constant values ({frontend_s:.2f} s)")
     prog = Program(graph, spec, list(graph.inputs), list(graph.outputs),
-                   options={k: v for k, v in sorted(options.items()) if v is not None})
+                   options={k: v for k, v in sorted(options.items())
+                            if v is not None and k not in MEASURED_OPTIONS and _plain(v)})
     prog.timings["frontend"] = frontend_s
     for i, p in enumerate(passes):
         t = time.perf_counter()
@@ -107,6 +112,15 @@ def compile_model(
         if dump_dir is not None:
             _dump(prog, Path(dump_dir), i, p.name)
     return prog
+
+
+def _plain(value: Any) -> bool:
+    """Whether an option is plain JSON data (arrays stay out of program.json)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _dump(prog: Program, where: Path, index: int, name: str) -> None:

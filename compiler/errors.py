@@ -38,6 +38,10 @@ class CapacityError(AnacError):
     """The model does not fit the hardware budget."""
 
 
+class PlacementCapacityError(CapacityError):
+    """The placed tiles exceed the chip budget."""
+
+
 class ArtifactError(AnacError):
     """A compiled program cannot be written or read."""
 

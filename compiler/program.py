@@ -32,6 +32,11 @@ class Matrix:
     encoding: str | None = None
     per_column: bool = False  # conductance scale per column, else one per slice (tile)
     clip_sigma: float | None = None  # clip weights beyond this many standard deviations
+    kept_rows: np.ndarray | None = None  # after pruning: the input rows (of input_rows) that remain
+    input_rows: int = 0  # K before pruning: the width of the MVM's input rows
+
+    def __post_init__(self) -> None:
+        self.input_rows = self.input_rows or int(self.weights.shape[0])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -100,6 +105,7 @@ class Slice:
     row_offset: int | None = None  # weight rows from the tile's first row
     col_offset: int | None = None
     output_range: float | None = None  # calibrated full-scale output of this slice
+    slot: int = 0  # time slot on its tile: slices sharing rows or columns of a tile run at different times
 
     @property
     def n_rows(self) -> int:
@@ -112,12 +118,13 @@ class Slice:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "matrix": self.matrix, "rows": list(self.rows), "cols": list(self.cols),
                 "encoding": self.encoding, "chip": self.chip, "tile": self.tile,
-                "row_offset": self.row_offset, "col_offset": self.col_offset, "output_range": self.output_range}
+                "row_offset": self.row_offset, "col_offset": self.col_offset, "output_range": self.output_range,
+                "slot": self.slot}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Slice:
         return cls(d["id"], d["matrix"], tuple(d["rows"]), tuple(d["cols"]), d["encoding"],  # type: ignore[arg-type]
-                   d["chip"], d["tile"], d["row_offset"], d["col_offset"], d.get("output_range"))
+                   d["chip"], d["tile"], d["row_offset"], d["col_offset"], d["output_range"], d["slot"])
 
 
 @dataclass
@@ -134,6 +141,10 @@ class Program:
     stages: list[Stage] | None = None
     mvms: dict[str, MVM] | None = None
     matrices: dict[str, Matrix] | None = None
+    # prune_inputs: {matrix: {"rows": before, "kept": after}}
+    pruning: dict[str, dict[str, int]] | None = None
+    # assign_devices: encodings per layer, PCM per weight, budget and solver status
+    assignment: dict[str, Any] | None = None
     # split_matrices
     slices: list[Slice] | None = None
     # place

@@ -25,7 +25,7 @@ def placement_table(prog: Program) -> dict[str, Any]:
             "encoding": slices[0].encoding,
             "utilisation": round(devices / hw.devices_per_tile, 4),
             "slices": [{"id": s.id, "layer": prog.matrices[s.matrix].node, "matrix": s.matrix,  # type: ignore[index]
-                        "rows": list(s.rows), "cols": list(s.cols), "encoding": s.encoding,
+                        "rows": list(s.rows), "cols": list(s.cols), "encoding": s.encoding, "slot": s.slot,
                         "tile_rows": [s.row_offset, s.row_offset + s.n_rows],  # type: ignore[operator]
                         "tile_cols": [s.col_offset, s.col_offset + s.n_cols]}  # type: ignore[operator]
                        for s in slices],
@@ -33,7 +33,7 @@ def placement_table(prog: Program) -> dict[str, Any]:
     host = [{"stage": st.name, "nodes": len(st.nodes), "inputs": st.inputs, "outputs": st.outputs}
             for st in prog.stages or [] if st.kind == "host"]
     return {"hardware": hw.name, "chips": [{"chip": c, "tiles": t} for c, t in sorted(chips.items())],
-            "host_stages": host, "summary": summary(prog)}
+            "host_stages": host, "pruning": prog.pruning, "assignment": prog.assignment, "summary": summary(prog)}
 
 
 def render_text(prog: Program) -> str:
@@ -57,6 +57,19 @@ def render_text(prog: Program) -> str:
     lines.append("")
     lines.append(f"map: one character per tile, '_' unused, '{_SHADES[1]}' to '{_SHADES[9]}' = "
                  "utilisation low to full")
+    if prog.pruning:
+        lines.append("pruned inputs: " + ", ".join(f"{mid} {p['rows']} -> {p['kept']} rows"
+                                                    for mid, p in prog.pruning.items()))
+    a = prog.assignment or {}
+    if a.get("encodings"):
+        counts: dict[str, int] = defaultdict(int)
+        for enc in a["encodings"].values():
+            counts[enc] += 1
+        how = f"{a['status']}" + (f", {a['budget']}" if a.get("budget") else "")
+        if a.get("estimated_error") is not None:
+            how += f", estimated error {a['estimated_error']:.4g}"
+        lines.append("encodings: " + ", ".join(f"{n} layer(s) {e}" for e, n in sorted(counts.items()))
+                     + f" ({how})")
     if table["host_stages"]:
         lines.append("host stages: " + ", ".join(f"{h['stage']} ({h['nodes']} nodes)" for h in table["host_stages"]))
     s = table["summary"]

@@ -2,30 +2,38 @@
 
 Options: ``encoding`` is one encoding for every layer ("2-PCM"), or per layer
 with an optional default ("4-PCM,fc0=2-PCM"; a mapping in the API); layers
-not named take the hardware's default encoding. ``scale`` is "tile" (one
-conductance scale per slice) or "column" (one per output column);
-``clip_sigma`` clips weights beyond that many standard deviations before
-scaling. It runs before split_matrices because an encoding sets the weight
-grid of a tile (2-PCM stores 1024 x 512 weights, 4-PCM 512 x 512); the target
-conductances follow from these choices (compiler/conductance.py) and are
-written to weights.npz.
+not named keep an encoding set earlier (prune_inputs' "auto") or take the
+hardware's default. ``scale`` is "tile" (one conductance scale per slice) or
+"column"; ``clip_sigma`` clips weights beyond that many standard deviations.
+
+With a budget (``chips``, ``tiles`` or ``pcm_per_weight`` as an average), the
+layers not fixed by ``encoding`` get the encodings that minimise the sum of
+squared per-layer sensitivities (``sensitivity``, measured by
+backends/estimates.py) subject to the budget: a multiple-choice knapsack
+solved exactly by OR-tools CP-SAT. Tiles are counted as the packer places
+them, ceil(devices of an encoding / devices per tile) per encoding.
+
+It runs before split_matrices because an encoding sets a tile's weight grid.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from compiler.errors import AnacError
+from compiler.errors import AnacError, CapacityError
+from compiler.hardware import HardwareSpec
 from compiler.program import Program
 
 SCALES = ("tile", "column")
+_ERROR_SCALE = 1e9  # CP-SAT works on integers: squared relative errors in units of 1e-9
 
 
 @dataclass(frozen=True)
 class AssignDevices:
-    """Choose 2-PCM or 4-PCM (or the chip's encodings) per layer and how weights map to conductances."""
+    """Choose 2-PCM or 4-PCM (or the chip's encodings) per layer, under a device budget when one is given."""
 
     name: ClassVar[str] = "assign_devices"
     requires: ClassVar[tuple[str, ...]] = ("partition",)
@@ -33,6 +41,12 @@ class AssignDevices:
     encoding: str | Mapping[str, str] | None = None
     scale: str = "tile"
     clip_sigma: float | None = None
+    chips: int | None = None
+    tiles: int | None = None
+    pcm_per_weight: float | None = None
+    sensitivity: Mapping[str, Mapping[str, float]] | None = None
+    time_limit_s: float = 10.0
+    seed: int = 0
 
     def run(self, prog: Program) -> None:
         hw = prog.hardware
@@ -41,20 +55,123 @@ class AssignDevices:
         if self.clip_sigma is not None and not self.clip_sigma > 0:
             raise AnacError(f"clip_sigma must be positive, got {self.clip_sigma}")
         default, per_layer = parse_encodings(self.encoding)
-        default = default or hw.default_encoding
-        for enc in {default, *per_layer.values()}:
+        for enc in {default or hw.default_encoding, *per_layer.values()}:
             hw.encoding(enc)  # raises with the known names
         mvms = prog.mvms or {}
         unknown = sorted(set(per_layer) - set(mvms))
         if unknown:
             raise AnacError(f"--encoding names layer(s) {', '.join(unknown)} that are not crossbar layers; "
                             f"the crossbar layers are: {', '.join(mvms) or '(none)'}")
+        chosen: dict[str, str] = {}
+        for mvm in mvms.values():
+            first = prog.matrices[mvm.matrices[0]]  # type: ignore[index]
+            chosen[mvm.node] = per_layer.get(mvm.node) or first.encoding or default or hw.default_encoding
+        info: dict[str, Any] = {"status": "fixed"}
+        if self._budgeted():
+            free = [n for n in mvms if n not in per_layer]
+            chosen, info = self._solve(prog, chosen, free)
         for mvm in mvms.values():
             for mid in mvm.matrices:
                 m = prog.matrices[mid]  # type: ignore[index]
-                m.encoding = per_layer.get(mvm.node, default)
+                m.encoding = chosen[mvm.node]
                 m.per_column = self.scale == "column"
                 m.clip_sigma = self.clip_sigma
+        weights = {n: _weights(prog, n) for n in mvms}
+        devices = sum(weights[n] * hw.encoding(e).devices_per_weight for n, e in chosen.items())
+        total = sum(weights.values())
+        info.update({"encodings": chosen, "pcm_per_weight": round(devices / total, 4) if total else 0.0})
+        if self.sensitivity is not None:
+            info["estimated_error"] = round(sum(self.sensitivity[n][e] ** 2 for n, e in chosen.items()
+                                                if n in self.sensitivity) ** 0.5, 6)
+            info["sensitivity"] = {n: {e: round(v, 6) for e, v in s.items()} for n, s in self.sensitivity.items()}
+        prog.assignment = info
+
+    def _budgeted(self) -> bool:
+        return any(v is not None for v in (self.chips, self.tiles, self.pcm_per_weight))
+
+    def _tile_budget(self, hw: HardwareSpec) -> int | None:
+        budgets = [b for b in (self.tiles, None if self.chips is None else self.chips * hw.tiles_per_chip)
+                   if b is not None]
+        return min(budgets) if budgets else None
+
+    def _solve(self, prog: Program, chosen: dict[str, str], free: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
+        from ortools.sat.python import cp_model
+
+        hw = prog.hardware
+        encs = [e.name for e in hw.encodings]
+        missing = [n for n in free if self.sensitivity is None or n not in self.sensitivity
+                   or any(e not in self.sensitivity[n] for e in encs)]
+        if missing:
+            raise AnacError(f"a budgeted encoding choice needs each layer's measured sensitivity; none for "
+                            f"{', '.join(missing[:5])} (compile through compiler.api, which measures them)")
+        weights = {n: _weights(prog, n) for n in chosen}
+        per_tile = hw.devices_per_tile
+        tile_budget = self._tile_budget(hw)
+        # The smallest mapping: every free layer in the encoding with the fewest devices per weight.
+        cheapest = min(hw.encodings, key=lambda e: e.devices_per_weight)
+        floor = {e: 0 for e in encs}
+        for n, e in chosen.items():
+            enc = cheapest.name if n in free else e
+            floor[enc] += weights[n] * hw.encoding(enc).devices_per_weight
+        min_tiles = sum(-(-d // per_tile) for d in floor.values())
+        total_w = sum(weights.values())
+        budget_text = self._budget_text(hw)
+        if tile_budget is not None and min_tiles > tile_budget:
+            raise CapacityError(f"the model does not fit {budget_text}: its smallest mapping (every free layer "
+                                f"{cheapest.name}) needs {min_tiles} tiles; the budget gives {tile_budget} tiles")
+        if self.pcm_per_weight is not None and sum(floor.values()) > self.pcm_per_weight * total_w:
+            raise CapacityError(f"the model does not fit {budget_text}: its smallest mapping needs "
+                                f"{sum(floor.values()) / total_w:.3f} PCM per weight")
+        m = cp_model.CpModel()
+        x = {(n, e): m.new_bool_var(f"x_{i}_{e}") for i, n in enumerate(free) for e in encs}
+        for n in free:
+            m.add_exactly_one(x[n, e] for e in encs)
+        dev = {e: sum(weights[n] * hw.encoding(e).devices_per_weight * x[n, e] for n in free)
+               + sum(weights[n] * hw.encoding(e).devices_per_weight for n, c in chosen.items()
+                     if n not in free and c == e) for e in encs}
+        if tile_budget is not None:
+            t = {e: m.new_int_var(0, tile_budget, f"tiles_{e}") for e in encs}
+            for e in encs:
+                m.add(t[e] * per_tile >= dev[e])
+            m.add(sum(t.values()) <= tile_budget)
+        if self.pcm_per_weight is not None:
+            m.add(1000 * sum(dev.values()) <= round(1000 * self.pcm_per_weight) * total_w)
+        sens = self.sensitivity or {}
+        m.minimize(sum(round(_ERROR_SCALE * sens[n][e] ** 2) * x[n, e] for n in free for e in encs))
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = self.time_limit_s
+        solver.parameters.random_seed = self.seed
+        solver.parameters.num_workers = 1  # one worker: the same answer on every run
+        t0 = time.perf_counter()
+        status = solver.solve(m)
+        elapsed = time.perf_counter() - t0
+        if status == cp_model.INFEASIBLE:
+            raise CapacityError(f"no choice of encodings fits {budget_text}")
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            raise AnacError(f"CP-SAT found no encoding choice within {self.time_limit_s} s for {budget_text}; "
+                            f"raise the time limit")
+        out = dict(chosen)
+        for n in free:
+            out[n] = next(e for e in encs if solver.value(x[n, e]))
+        obj, bound = solver.objective_value, solver.best_objective_bound
+        info = {"status": "optimal" if status == cp_model.OPTIMAL else "feasible",
+                "gap": 0.0 if status == cp_model.OPTIMAL or obj == 0 else round((obj - bound) / obj, 6),
+                "budget": budget_text, "min_tiles": min_tiles, "solve_time_s": round(elapsed, 3)}
+        return out, info
+
+    def _budget_text(self, hw: HardwareSpec) -> str:
+        parts = []
+        if self.chips is not None:
+            parts.append(f"{self.chips} chips ({self.chips * hw.tiles_per_chip} tiles)")
+        if self.tiles is not None:
+            parts.append(f"{self.tiles} tiles")
+        if self.pcm_per_weight is not None:
+            parts.append(f"{self.pcm_per_weight} PCM per weight")
+        return "a budget of " + " and ".join(parts)
+
+
+def _weights(prog: Program, node: str) -> int:
+    return sum(prog.matrices[m].weights.size for m in prog.mvms[node].matrices)  # type: ignore[index]
 
 
 def parse_encodings(spec: str | Mapping[str, str] | None) -> tuple[str | None, dict[str, str]]:

@@ -22,7 +22,7 @@ class SplitMatrices:
     """Cut each MVM weight matrix into slices that fit one crossbar."""
 
     name: ClassVar[str] = "split_matrices"
-    requires: ClassVar[tuple[str, ...]] = ("partition", "encodings")
+    requires: ClassVar[tuple[str, ...]] = ("partition", "pruning", "encodings")
     produces: ClassVar[tuple[str, ...]] = ("slices",)
     strategy: str = "fill"
 

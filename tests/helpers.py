@@ -97,3 +97,82 @@ def batch_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
     inits = {t.name for t in model.graph.initializer}
     return {v.name: [d.dim_value if d.HasField("dim_value") else batch for d in v.type.tensor_type.shape.dim]
             for v in model.graph.input if v.name not in inits}
+
+
+def check_placement(prog) -> dict[tuple[int, int], list]:  # type: ignore[no-untyped-def]
+    """Assert what every placed program must satisfy; return its slices per (chip, tile).
+
+    Every weight of every matrix is in exactly one slice (a coverage count of 1 everywhere); slice ids
+    are 0..n-1; a tile holds one encoding; each slice fits its tile's weight grid and no two slices on a
+    tile overlap (an occupancy grid with maximum 1); two slices on a tile that share any tile row or any
+    tile column have different time slots; the used tiles are numbered densely, chip-major; the
+    placement summary agrees with the slices; and per encoding the tile count is between
+    ceil(devices / devices per tile) and one more than that.
+    """
+    from collections import defaultdict
+
+    hw = prog.hardware
+    cover = {mid: np.zeros(m.shape, np.int32) for mid, m in prog.matrices.items()}
+    by_tile: dict[tuple[int, int], list] = defaultdict(list)
+    assert [s.id for s in prog.slices] == list(range(len(prog.slices)))
+    for s in prog.slices:
+        k, n = prog.matrices[s.matrix].shape
+        assert 0 <= s.rows[0] < s.rows[1] <= k and 0 <= s.cols[0] < s.cols[1] <= n, s
+        cover[s.matrix][s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]] += 1
+        assert None not in (s.chip, s.tile, s.row_offset, s.col_offset), f"slice {s.id} is not placed"
+        assert isinstance(s.slot, int) and s.slot >= 0, s
+        by_tile[(s.chip, s.tile)].append(s)
+    for mid, c in cover.items():
+        assert (c == 1).all(), f"{mid}: weights covered {c.min()}..{c.max()} times"
+    tiles_per_encoding: dict[str, int] = defaultdict(int)
+    devices_per_encoding: dict[str, int] = defaultdict(int)
+    for key, group in by_tile.items():
+        (encoding,) = {s.encoding for s in group}
+        tiles_per_encoding[encoding] += 1
+        rows, cols = hw.weight_grid(encoding)
+        grid = np.zeros((rows, cols), np.int32)
+        for s in group:
+            assert 0 <= s.row_offset and s.row_offset + s.n_rows <= rows, f"slice {s.id} exceeds tile {key} rows"
+            assert 0 <= s.col_offset and s.col_offset + s.n_cols <= cols, f"slice {s.id} exceeds tile {key} cols"
+            grid[s.row_offset:s.row_offset + s.n_rows, s.col_offset:s.col_offset + s.n_cols] += 1
+            devices_per_encoding[encoding] += s.n_rows * s.n_cols * hw.encoding(encoding).devices_per_weight
+        assert grid.max() == 1, f"tile {key} has overlapping slices"
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if shares_tile_lines(a, b):
+                    assert a.slot != b.slot, f"slices {a.id} and {b.id} share lines of tile {key} in slot {a.slot}"
+    used = sorted(chip * hw.tiles_per_chip + tile for chip, tile in by_tile)
+    assert used == list(range(len(used))), f"tiles used {used} are not numbered densely"
+    assert all(0 <= tile < hw.tiles_per_chip for _, tile in by_tile)
+    assert prog.chips_used == -(-len(used) // hw.tiles_per_chip)
+    for encoding, n in tiles_per_encoding.items():
+        bound = -(-devices_per_encoding[encoding] // hw.devices_per_tile)
+        assert bound <= n <= bound + 1, f"{encoding}: {n} tiles for a lower bound of {bound}"
+    info = prog.placement_info
+    assert info["tiles"] == len(used) == len(prog.tiles_used())
+    assert info["lower_bound_tiles"] == -(-prog.pcm_devices() // hw.devices_per_tile) <= len(used)
+    assert info["time_multiplexed_tiles"] == sum(len({s.slot for s in g}) > 1 for g in by_tile.values())
+    return dict(by_tile)
+
+
+def shares_tile_lines(a, b) -> bool:  # type: ignore[no-untyped-def]
+    """Two slices on one tile share an input row or an output column of it."""
+    rows = a.row_offset < b.row_offset + b.n_rows and b.row_offset < a.row_offset + a.n_rows
+    cols = a.col_offset < b.col_offset + b.n_cols and b.col_offset < a.col_offset + a.n_cols
+    return rows or cols
+
+
+def slice_blocks(prog, node_name: str) -> set[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """The (row, column) blocks of the weight grid that the node's slices lie in.
+
+    Asserts each slice lies inside one block: place may cut split_matrices' grid slices smaller but
+    never joins them, so a matrix K rows deep adds ceil(K / grid rows) or more partial sums per column.
+    """
+    blocks = set()
+    for mid in prog.mvms[node_name].matrices:
+        for s in (s for s in prog.slices if s.matrix == mid):
+            rows, cols = prog.hardware.weight_grid(s.encoding)
+            rb, cb = s.rows[0] // rows, s.cols[0] // cols
+            assert (s.rows[1] - 1) // rows == rb and (s.cols[1] - 1) // cols == cb, f"slice {s} spans blocks"
+            blocks.add((rb, cb))
+    return blocks

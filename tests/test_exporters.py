@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import analog_nodes, assert_verified, fused_activations, host_nodes
+from helpers import analog_nodes, assert_verified, check_placement, fused_activations, host_nodes, slice_blocks
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -66,6 +66,7 @@ def _assert_layers_on_crossbars(prog, module: nn.Module, folded: tuple[str, ...]
             g.shape == w.shape and np.allclose(g, w, rtol=1e-6, atol=0) for g, w in zip(got, mats, strict=True))]
         assert len(hits) == 1, f"layer {layer}: its weights are in analog nodes {hits}"
     assert prog.analog_weights == sum(w.size for mats in layers.values() for w in mats)
+    check_placement(prog)
 
 
 def _host_ops(prog) -> Counter:  # type: ignore[no-untyped-def]
@@ -168,7 +169,8 @@ def test_torch_mlp_with_dynamic_batch(tmp_path):
     name = onnx.load(str(path)).graph.input[0].name
     prog = compile_model(path, input_shapes={name: [5, 64]})
     _assert_layers_on_crossbars(prog, net)
-    assert sum(1 for s in prog.slices if prog.matrices[s.matrix].shape == (600, 520)) == 4
+    (fc2,) = [n for n, mvm in prog.mvms.items() if prog.matrices[mvm.matrices[0]].shape == (600, 520)]
+    assert slice_blocks(prog, fc2) == {(0, 0), (0, 1), (1, 0), (1, 1)}  # 2 x 2 blocks of a 512 x 512 crossbar
     # fc1's Relu is fused: fc2 follows in the next analog stage; only the Tanh is on the host
     relus = {n.name for n in prog.graph.nodes if n.op_type == "Relu"}
     assert len(relus) == 1 and fused_activations(prog) == relus == _relus_after_mvms(prog)

@@ -15,12 +15,14 @@ from helpers import (
     analog_nodes,
     assert_verified,
     batch_shapes,
+    check_placement,
     const,
     fused_activations,
     host_nodes,
     make_model,
     node,
     save,
+    slice_blocks,
     stage_kinds,
     stage_of,
     tensor,
@@ -34,9 +36,8 @@ TOL = 1e-5
 BATCH = 3
 
 
-def _slices_of(prog, node_name: str) -> int:  # type: ignore[no-untyped-def]
-    mids = set(prog.mvms[node_name].matrices)
-    return sum(1 for s in prog.slices if s.matrix in mids)
+TWO_ROW_BLOCKS = {(0, 0), (1, 0)}  # K in 513..1024, N <= 512: partial sums of two row blocks per column
+TWO_BY_TWO = {(0, 0), (0, 1), (1, 0), (1, 1)}  # K and N in 513..1024
 
 
 def _check(model, analog: set[str], host: set[str], batch: int | None = BATCH, tmp_path=None,  # type: ignore[no-untyped-def]
@@ -45,6 +46,7 @@ def _check(model, analog: set[str], host: set[str], batch: int | None = BATCH, t
     fused into them (run at the tile outputs of their MVM's analog stage), and ``host`` are in host stages."""
     shapes = batch_shapes(model, batch) if batch is not None else None
     prog = compile_model(model, input_shapes=shapes)
+    check_placement(prog)
     assert analog_nodes(prog) == analog
     assert fused_activations(prog) == set(fused)
     assert host <= host_nodes(prog)
@@ -77,8 +79,8 @@ def test_gemm_softmax_matmul_with_sliced_matrix(rng, tmp_path):
     prog = _check(model, {"h", "y"}, {"p"}, tmp_path=tmp_path)
     assert stage_kinds(prog) == ["analog", "host", "analog"]
     assert prog.matrices["h"].shape == (600, 700)
-    assert _slices_of(prog, "h") == 4  # 2 row blocks x 2 column blocks of a 512 x 512 crossbar
-    assert _slices_of(prog, "y") == 2
+    assert slice_blocks(prog, "h") == TWO_BY_TWO  # 2 row blocks x 2 column blocks of a 512 x 512 crossbar
+    assert slice_blocks(prog, "y") == TWO_ROW_BLOCKS
     assert prog.mvms["h"].alpha == 0.5
     np.testing.assert_allclose(prog.mvms["h"].bias, 2.0 * b1, rtol=1e-6)
 
@@ -149,7 +151,7 @@ def test_batchnorm_between_convs_stays_on_host(rng):
     # r1 reads the BatchNorm, not the Conv: it stays on the host
     prog = _check(model, {"a1", "a2", "y"}, {"n1", "r1", "n2", "g", "f"})
     assert prog.matrices["a2"].shape == (576, 12)
-    assert _slices_of(prog, "a2") == 2
+    assert slice_blocks(prog, "a2") == TWO_ROW_BLOCKS
     assert stage_of(prog, "n1") < stage_of(prog, "a2") < stage_of(prog, "n2") < stage_of(prog, "y")
 
 
@@ -165,7 +167,7 @@ def test_concat_of_analog_outputs_and_input(rng):
     prog = _check(model, {"a", "b", "h"}, {"c", "y"})
     assert stage_kinds(prog) == ["analog", "host", "analog", "host"]
     assert stage_of(prog, "a") == stage_of(prog, "b")  # independent MVMs share one analog stage
-    assert _slices_of(prog, "h") == 4
+    assert slice_blocks(prog, "h") == TWO_BY_TWO  # 764 x 700
 
 
 def test_layernorm_and_gelu_opset20(rng):
@@ -183,7 +185,7 @@ def test_layernorm_and_gelu_opset20(rng):
         opset=20)
     prog = _check(model, {"h", "h2"}, {"hb", "n", "g", "y"})
     assert stage_kinds(prog) == ["analog", "host", "analog", "host"]
-    assert _slices_of(prog, "h2") == 2  # 600 rows: partial sums of two crossbars
+    assert slice_blocks(prog, "h2") == TWO_ROW_BLOCKS  # 600 rows: partial sums of two crossbars
 
 
 # ---------------------------------------------------------------- attention
@@ -238,7 +240,7 @@ def test_attention_score_and_context_matmuls_run_on_host(rng, tmp_path):
     assert stage_of(prog, "up") + 1 == stage_of(prog, "down")
     assert prog.stages[stage_of(prog, "up")].outputs == ["up_r"]
     assert prog.stages[stage_of(prog, "down")].inputs == ["up_r"]
-    assert _slices_of(prog, "down") == 2
+    assert slice_blocks(prog, "down") == TWO_ROW_BLOCKS
 
 
 # ---------------------------------------------------------------- Conv variants
@@ -338,7 +340,7 @@ def test_gemm_variants(rng, case):
     assert prog.matrices["y"].shape == (k, m)  # always K crossbar rows, M columns
     assert stage_kinds(prog) == ["analog"]
     if k > 512:
-        assert _slices_of(prog, "y") == 4
+        assert slice_blocks(prog, "y") == TWO_BY_TWO
 
 
 def test_gemm_between_host_ops_with_constant_first_operand(rng):
@@ -447,7 +449,7 @@ def test_host_op_before_first_analog_op(rng):
         [const("s", np.float32(0.5) * np.ones(700, np.float32)), const("w", weights(rng, 700, 520))])
     prog = _check(model, {"h"}, {"xs", "y"})
     assert stage_kinds(prog) == ["host", "analog", "host"]
-    assert _slices_of(prog, "h") == 4
+    assert slice_blocks(prog, "h") == TWO_BY_TWO  # 700 x 520
 
 
 # ---------------------------------------------------------------- symbolic batch

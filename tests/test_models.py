@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import check_placement
 
 from compiler.api import compile_model, load_program, make_inputs, model_inputs, save_program, verify
 from compiler.frontend import load_onnx
@@ -25,8 +26,13 @@ def test_model_compiles_and_matches_onnxruntime(path: Path, tmp_path: Path) -> N
     prog = compile_model(path, input_shapes={k: v.shape for k, v in inputs.items()})
     assert prog.mvms, "no layer went to crossbars"
     assert prog.tiles_used() and prog.chips_used == 1
+    check_placement(prog)
     out = save_program(prog, tmp_path / "p.anac")
-    report = verify(path, program=load_program(out), inputs=inputs)
+    loaded = load_program(out)
+    check_placement(loaded)
+    assert [(s.chip, s.tile, s.row_offset, s.col_offset, s.slot) for s in loaded.slices] == \
+        [(s.chip, s.tile, s.row_offset, s.col_offset, s.slot) for s in prog.slices]
+    report = verify(path, program=loaded, inputs=inputs)
     assert report.passed, report.to_json()
     for o in report.outputs.values():
         assert o.rel_err <= 1e-5 and o.cosine > 0.999999

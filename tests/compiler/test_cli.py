@@ -48,8 +48,12 @@ def test_compile_json_inspect_and_verify(tmp_path: Path) -> None:
     assert rep["weights"] == 1960 * 512 + 512 * 512 * 2 + 512 * 12
     assert rep["pcm_devices"] == 4 * rep["weights"]  # default encoding: 4-PCM
     assert rep["analog_nodes"] == 4 and rep["chips"] == 1
-    # 1960 rows need 4 row blocks of 512; then one tile per 512 x 512 layer; the 512 x 12 head takes a tile.
-    assert rep["tiles"] == 7
+    # Five full 512 x 512 slices (fc0 rows 0:1536 in three, fc1, fc2) take a tile each; fc0's last 424 rows
+    # and the 512 x 12 head (223,232 weights of a tile's 262,144) share the sixth: 6 tiles, the lower bound
+    # ceil(1,533,952 * 4 / 1,048,576) = ceil(5.85). Packing cuts fc0's 424 x 512 rest into 6 pieces (see
+    # inspect): 3 + 6 + 1 + 1 + 1 = 12 slices.
+    assert rep["tiles"] == 6 and rep["slices"] == 12
+    assert rep["device_utilisation"] == round(1533952 * 4 / (6 * 1048576), 4)
     # Gemm -> Relu x 3 -> Gemm: each Relu is its Gemm's only reader, so it is fused and runs at the tile
     # outputs; four analog stages in a row, no host stage, so no host/*.onnx.
     assert rep["analog_stages"] == 4 and rep["host_stages"] == 0 and rep["host_nodes"] == 0
@@ -62,10 +66,46 @@ def test_compile_json_inspect_and_verify(tmp_path: Path) -> None:
 
     code, stdout, _ = run("inspect", out)
     assert code == 0
-    assert "chip 0: 7 of 34 tiles used" in stdout and "1536:1960" in stdout and "summary: 7 tiles" in stdout
+    lines = stdout.splitlines()
+    assert "chip 0: 6 of 34 tiles used   map [@@@@@%" + "_" * 28 + "]" in lines
+    rows = [line.split() for line in lines if line.split()[-1:] and line.split()[-1].count(":") == 1
+            and line.split()[-2].count(":") == 1]
+    # tile, utilisation, encoding, layer, matrix rows, matrix columns; tile 5 is 85.2 % full:
+    # (424 x 512 + 512 x 12) / 512^2. The head fills tile columns 0:12; fc0's rows 1536:1960 take columns
+    # 0:500 of the matrix beside it (tile rows 0:424), and the 424 x 12 rest goes under that in strips of
+    # the 88 free tile rows: 4 x 88 + 72.
+    assert rows == [
+        ["0", "100.0%", "4-PCM", "fc0", "0:512", "0:512"],
+        ["1", "100.0%", "4-PCM", "fc0", "512:1024", "0:512"],
+        ["2", "100.0%", "4-PCM", "fc0", "1024:1536", "0:512"],
+        ["3", "100.0%", "4-PCM", "fc1", "0:512", "0:512"],
+        ["4", "100.0%", "4-PCM", "fc2", "0:512", "0:512"],
+        ["5", "85.2%", "4-PCM", "fc0", "1536:1624", "500:512"],
+        ["4-PCM", "fc0", "1536:1960", "0:500"],
+        ["4-PCM", "fc0", "1624:1712", "500:512"],
+        ["4-PCM", "fc0", "1712:1800", "500:512"],
+        ["4-PCM", "fc0", "1800:1888", "500:512"],
+        ["4-PCM", "fc0", "1888:1960", "500:512"],
+        ["4-PCM", "fc3", "0:512", "0:12"]]
+    assert "summary: 6 tiles on 1 chip(s), 6,135,808 PCM devices for 1,533,952 weights (4.0 PCM per weight, " \
+           "97.5% of the used tiles' devices), 4 analog nodes in 12 slices, 0 host stage(s)" in lines
     code, stdout, _ = run("inspect", out, "--json")
     table = json.loads(stdout)
     assert sum(len(t["slices"]) for c in table["chips"] for t in c["tiles"]) == rep["slices"]
+    (last,) = [t for c in table["chips"] for t in c["tiles"] if t["tile"] == 5]
+    # (matrix, tile rows, tile columns, slot): the head and fc0's 424 x 500 share tile rows 0:424, so
+    # different slots; each 88-row strip shares tile rows with the head and the other strips and tile
+    # columns with the 424 x 500 piece, so every slice on this tile runs in a slot of its own.
+    assert sorted((s["matrix"], tuple(s["tile_rows"]), tuple(s["tile_cols"]), s["slot"]) for s in last["slices"]) == [
+        ("fc0", (0, 424), (12, 512), 1),
+        ("fc0", (424, 496), (60, 72), 6),
+        ("fc0", (424, 512), (12, 24), 2),
+        ("fc0", (424, 512), (24, 36), 3),
+        ("fc0", (424, 512), (36, 48), 4),
+        ("fc0", (424, 512), (48, 60), 5),
+        ("fc3", (0, 512), (0, 12), 0)]
+    assert all(s["slot"] == 0 for c in table["chips"] for t in c["tiles"] if t["tile"] != 5 for s in t["slices"])
+    assert table["summary"]["tiles"] == 6
 
     code, stdout, _ = run("verify", KWS, "--program", out, "--json", "-q")
     assert code == 0
@@ -236,8 +276,13 @@ def test_hardware_file_errors_and_overrides(tmp_path: Path) -> None:
     good.write_text('tiles_per_chip = 2\ndefault_encoding = "2-PCM"\n')
     code, stdout, _ = run("compile", KWS, "--hardware", good, "-o", tmp_path / "k.anac", "--json", "-q")
     rep = json.loads(stdout)
-    # 2-PCM: 1024 x 512 weights per tile, so 1960 rows take 2 row blocks; 2 tiles per chip.
-    assert code == 0 and rep["tiles"] == 5 and rep["chips"] == 3 and rep["pcm_devices"] == 2 * rep["weights"]
-    code, _, err = run("compile", KWS, "--hardware", good, "--max-chips", "2", "-o", tmp_path / "k2.anac")
-    assert_clean_error(code, err, "needs 5 tiles", "2 chips gives 4 tiles")
+    # 2-PCM: 1024 x 512 weights per tile. fc0's rows 0:1024 fill a tile; its 936 remaining rows, fc1, fc2 and
+    # the head pack into two more: 3 tiles, the lower bound ceil(1,533,952 * 2 / 1,048,576) = ceil(2.93);
+    # 2 tiles per chip, so 2 chips.
+    assert code == 0 and rep["tiles"] == 3 and rep["chips"] == 2 and rep["pcm_devices"] == 2 * rep["weights"]
+    code, _, err = run("compile", KWS, "--hardware", good, "--max-chips", "1", "-o", tmp_path / "k2.anac")
+    assert_clean_error(code, err, "needs 3 tiles (2 chips of 2)", "budget of 1 chips gives 2 tiles")
     assert not (tmp_path / "k2.anac").exists()
+    code, stdout, _ = run("compile", KWS, "--hardware", good, "--max-chips", "2", "-o", tmp_path / "k3.anac",
+                          "--json", "-q")
+    assert code == 0 and json.loads(stdout)["chips"] == 2

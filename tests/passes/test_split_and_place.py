@@ -1,4 +1,4 @@
-"""split_matrices and place: every weight in exactly one slice, no tile over capacity."""
+"""split_matrices and place: every weight in exactly one slice, no tile over capacity, time slots."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers import const, make_model, node, tensor, weights
+from helpers import check_placement, const, make_model, node, shares_tile_lines, tensor, weights
 
-from compiler.driver import compile_model
+from compiler.driver import PIPELINE, compile_model
 from compiler.errors import AnacError, CapacityError
 from compiler.hardware import IBM_PCM_14NM, load_hardware
 from passes.split_matrices import _ranges
+
+# The pipeline up to and including split_matrices: its slices, before place packs (and cuts) them.
+SPLIT_ONLY = PIPELINE[:[p.name for p in PIPELINE].index("split_matrices") + 1]
+DIMS = [[3, 5], [512, 512], [513, 1025], [1960, 512, 12], [2048, 700, 1500, 7]]
 
 
 def _mlp(rng: np.random.Generator, dims: list[int]):  # type: ignore[no-untyped-def]
@@ -30,30 +34,99 @@ def _coverage(prog) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     return cover
 
 
-@pytest.mark.parametrize("dims", [[3, 5], [512, 512], [513, 1025], [1960, 512, 12], [2048, 700, 1500, 7]])
+def _axis_ranges(slices, axis: str) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    return sorted({getattr(s, axis) for s in slices})
+
+
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("strategy", ["fill", "even"])
 @pytest.mark.parametrize("encoding", ["4-PCM", "2-PCM"])
-def test_every_weight_in_exactly_one_slice_and_tiles_within_capacity(
+def test_split_matrices_cuts_each_matrix_on_the_weight_grid(
         rng: np.random.Generator, dims: list[int], strategy: str, encoding: str) -> None:
-    prog = compile_model(_mlp(rng, dims), options={"strategy": strategy, "encoding": encoding})
+    prog = compile_model(_mlp(rng, dims), options={"strategy": strategy, "encoding": encoding}, pipeline=SPLIT_ONLY)
+    assert "placement" not in prog.produced and prog.chips_used is None
+    assert all(s.chip is None and s.row_offset is None for s in prog.slices)
     for mid, c in _coverage(prog).items():
         assert (c == 1).all(), f"{mid}: weights covered {c.min()}..{c.max()} times"
     rows, cols = IBM_PCM_14NM.weight_grid(encoding)
-    tiles: dict[tuple[int, int], np.ndarray] = {}
-    for s in prog.slices:
-        assert s.encoding == encoding and s.n_rows <= rows and s.n_cols <= cols
-        grid = tiles.setdefault((s.chip, s.tile), np.zeros((rows, cols), np.int32))
-        grid[s.row_offset:s.row_offset + s.n_rows, s.col_offset:s.col_offset + s.n_cols] += 1
-        # Diagonal packing: slices on one tile share neither rows nor columns.
-        assert s.row_offset + s.n_rows <= rows and s.col_offset + s.n_cols <= cols
-    for key, grid in tiles.items():
-        assert grid.max() == 1, f"tile {key} has overlapping slices"
-        assert (grid.sum(axis=1) > 0).sum() == sum(s.n_rows for s in prog.slices if (s.chip, s.tile) == key)
+    assert [s.id for s in prog.slices] == list(range(len(prog.slices)))
+    for mid, m in prog.matrices.items():
+        mine = [s for s in prog.slices if s.matrix == mid]
+        assert all(s.encoding == encoding for s in mine)
+        for axis, size, limit in (("rows", m.shape[0], rows), ("cols", m.shape[1], cols)):
+            ranges = _axis_ranges(mine, axis)
+            # ceil(size / limit) ranges that partition the axis, none over the grid
+            assert len(ranges) == -(-size // limit)
+            assert ranges[0][0] == 0 and ranges[-1][1] == size
+            assert all(a1 == b0 for (_, a1), (b0, _) in zip(ranges[:-1], ranges[1:], strict=True))
+            lengths = [b - a for a, b in ranges]
+            assert all(0 < n <= limit for n in lengths)
+            if strategy == "fill":
+                assert all(n == limit for n in lengths[:-1])
+            else:
+                assert max(lengths) - min(lengths) <= 1
+        # the grid: one slice per (row range, column range)
+        assert sorted((s.rows, s.cols) for s in mine) == \
+            [(r, c) for r in _axis_ranges(mine, "rows") for c in _axis_ranges(mine, "cols")]
     # The number of slices is the product of row and column blocks per matrix.
     expected = sum(-(-m.shape[0] // rows) * -(-m.shape[1] // cols) for m in prog.matrices.values())
     assert len(prog.slices) == expected
     assert prog.pcm_devices() == sum(m.weights.size for m in prog.matrices.values()) * \
         IBM_PCM_14NM.encoding(encoding).devices_per_weight
+
+
+@pytest.mark.parametrize("dims", DIMS)
+@pytest.mark.parametrize("strategy", ["fill", "even"])
+@pytest.mark.parametrize("encoding", ["4-PCM", "2-PCM"])
+def test_place_packs_the_split_slices_onto_tiles(
+        rng: np.random.Generator, dims: list[int], strategy: str, encoding: str) -> None:
+    model = _mlp(rng, dims)
+    options = {"strategy": strategy, "encoding": encoding}
+    split = compile_model(model, options=options, pipeline=SPLIT_ONLY)
+    prog = compile_model(model, options=options)
+    # coverage, occupancy, grid bounds, slot rule, tiles within [lower bound, lower bound + 1]
+    tiles = check_placement(prog)
+    rows, cols = IBM_PCM_14NM.weight_grid(encoding)
+    assert all(s.encoding == encoding for s in prog.slices)
+    # Place cuts split_matrices' slices but never joins them: each final slice lies in exactly one.
+    for s in prog.slices:
+        parents = [t for t in split.slices if t.matrix == s.matrix and t.rows[0] <= s.rows[0] and
+                   s.rows[1] <= t.rows[1] and t.cols[0] <= s.cols[0] and s.cols[1] <= t.cols[1]]
+        assert len(parents) == 1, s
+    assert len(prog.slices) >= len(split.slices)
+    # A full-grid slice keeps a tile to itself, whole.
+    for t in split.slices:
+        if (t.n_rows, t.n_cols) == (rows, cols):
+            (s,) = [s for s in prog.slices if (s.matrix, s.rows, s.cols) == (t.matrix, t.rows, t.cols)]
+            assert tiles[(s.chip, s.tile)] == [s] and (s.row_offset, s.col_offset, s.slot) == (0, 0, 0)
+    assert prog.pcm_devices() == split.pcm_devices()
+    assert prog.placement_info["lower_bound_tiles"] == \
+        -(-split.pcm_devices() // IBM_PCM_14NM.devices_per_tile)
+
+
+@pytest.mark.parametrize("encoding,tiles", [("4-PCM", 6), ("2-PCM", 3)])
+def test_kws_shaped_mlp_takes_the_lower_bound_of_tiles(rng: np.random.Generator, encoding: str, tiles: int) -> None:
+    # 1960-512-512-512-12: 1,533,952 weights. 4-PCM: 4 devices each, ceil(6,135,808 / 1,048,576) = 6.
+    # Five full 512 x 512 slices (fc0 rows 0:1536, fc1, fc2) take a tile each; fc0's 424 x 512 rest and the
+    # 512 x 12 head (223,232 weights <= 262,144) share the sixth. 2-PCM: 2 devices each,
+    # ceil(3,067,904 / 1,048,576) = 3: fc0's rows 0:1024 fill a 1024 x 512 tile, fc0's 936 x 512 rest,
+    # fc1, fc2 and the head (1,009,664 weights <= 2 x 524,288) fill two more.
+    prog = compile_model(_mlp(rng, [1960, 512, 512, 512, 12]), options={"encoding": encoding})
+    check_placement(prog)
+    assert prog.pcm_devices() == 1533952 * IBM_PCM_14NM.encoding(encoding).devices_per_weight
+    assert len(prog.tiles_used()) == prog.placement_info["lower_bound_tiles"] == tiles
+    assert prog.chips_used == 1
+
+
+def test_a_strip_thinner_than_min_cut_is_left_empty(rng: np.random.Generator) -> None:
+    # 511 x 513 is 262,143 weights, under one 512 x 512 tile, but the 511 x 1 column left over after the
+    # 511 x 512 slice only fits the tile's free 1 x 512 row cut into 1-row pieces, under min_cut (16):
+    # it takes a second tile, one over the lower bound.
+    prog = compile_model(_mlp(rng, [511, 513]))
+    tiles = check_placement(prog)
+    assert prog.placement_info["lower_bound_tiles"] == 1 and len(tiles) == 2
+    assert sorted((s.rows, s.cols, s.row_offset, s.col_offset) for s in prog.slices) == [
+        ((0, 511), (0, 512), 0, 0), ((0, 511), (512, 513), 0, 0)]
 
 
 @pytest.mark.parametrize("size,limit", [(1, 512), (512, 512), (513, 512), (1960, 512), (2049, 1024)])
@@ -68,18 +141,66 @@ def test_ranges_partition_the_axis(size: int, limit: int) -> None:
         assert max(even) - min(even) <= 1
 
 
-def test_small_slices_share_a_tile(rng: np.random.Generator) -> None:
-    # Four 100 x 100 layers pack diagonally into one 512 x 512 tile.
-    prog = compile_model(_mlp(rng, [100] * 5))
-    assert len(prog.tiles_used()) == 1
-    offsets = sorted((s.row_offset, s.col_offset) for s in prog.slices)
-    assert offsets == [(0, 0), (100, 100), (200, 200), (300, 300)]
+def _assert_earliest_slots(slices) -> None:  # type: ignore[no-untyped-def]
+    """Each slice runs in the earliest slot its tile allows: every earlier slot holds a slice it conflicts with."""
+    for s in slices:
+        for k in range(s.slot):
+            assert any(t.slot == k and shares_tile_lines(s, t) for t in slices if t is not s), (s, k)
+
+
+def test_small_layers_pack_into_one_tile_with_time_slots(rng: np.random.Generator) -> None:
+    # Four 100 x 100 layers (x -> fc0 -> ... -> fc3) and a 512 x 12 head on another input: 46,144 weights, one tile.
+    nodes = [node("MatMul", [f"h{i - 1}" if i else "x", f"w{i}"], [f"h{i}"], name=f"fc{i}") for i in range(4)]
+    nodes.append(node("MatMul", ["z", "wh"], ["y"], name="head"))
+    inits = [const(f"w{i}", weights(rng, 100, 100)) for i in range(4)] + [const("wh", weights(rng, 512, 12))]
+    model = make_model(nodes, [tensor("x", [2, 100]), tensor("z", [2, 512])],
+                       [tensor("h3", [2, 100]), tensor("y", [2, 12])], inits)
+    prog = compile_model(model)
+    tiles = check_placement(prog)
+    assert list(tiles) == [(0, 0)] and prog.placement_info["lower_bound_tiles"] == 1
+    # Tallest first: the head takes tile columns 0:12 over all 512 rows; the 100 x 100 layers go in the
+    # free rectangle beside it, each in the smallest free rectangle that holds it whole (under the last).
+    placed = {s.matrix: (s.rows, s.cols, s.row_offset, s.col_offset, s.slot) for s in prog.slices}
+    assert placed == {
+        "head": ((0, 512), (0, 12), 0, 0, 0),
+        "fc0": ((0, 100), (0, 100), 0, 12, 1),
+        "fc1": ((0, 100), (0, 100), 100, 12, 2),
+        "fc2": ((0, 100), (0, 100), 200, 12, 3),
+        "fc3": ((0, 100), (0, 100), 300, 12, 4)}
+    # fc0 and the head share tile rows 0:100 (and run in the same analog stage): different slots.
+    head, fc0 = (next(s for s in prog.slices if s.matrix == m) for m in ("head", "fc0"))
+    assert shares_tile_lines(head, fc0) and head.slot != fc0.slot
+    assert prog.stages[0].nodes == ["fc0", "head"]
+    _assert_earliest_slots(prog.slices)
+    assert prog.placement_info["time_multiplexed_tiles"] == 1
+
+
+def test_slices_that_share_no_tile_line_share_a_slot(rng: np.random.Generator) -> None:
+    # 300 x 300, 300 x 200, 200 x 200: fc0 at (0, 0); fc1 beside it at (0, 300), sharing tile rows 0:300;
+    # fc2 under fc1 at (300, 300), sharing tile columns 300:500 with fc1 but no row or column with fc0.
+    prog = compile_model(_mlp(rng, [300, 300, 200, 200]))
+    tiles = check_placement(prog)
+    assert len(tiles) == 1
+    placed = {s.matrix: (s.row_offset, s.col_offset, s.slot) for s in prog.slices}
+    assert placed == {"fc0": (0, 0, 0), "fc1": (0, 300, 1), "fc2": (300, 300, 0)}
+    fc0, fc1, fc2 = prog.slices
+    assert shares_tile_lines(fc0, fc1) and shares_tile_lines(fc1, fc2) and not shares_tile_lines(fc0, fc2)
+    _assert_earliest_slots(prog.slices)
+
+
+def test_a_tile_holds_one_encoding(rng: np.random.Generator) -> None:
+    # Two 100 x 100 layers would share a tile, but fc0 is 2-PCM and fc1 4-PCM: a tile each.
+    prog = compile_model(_mlp(rng, [100, 100, 100]), options={"encoding": {"fc0": "2-PCM"}})
+    tiles = check_placement(prog)
+    assert sorted((s.matrix, s.encoding) for g in tiles.values() for s in g) == [("fc0", "2-PCM"), ("fc1", "4-PCM")]
+    assert len(tiles) == 2 and all(len(g) == 1 for g in tiles.values())
 
 
 def test_chips_are_added_as_needed_and_budget_is_enforced(rng: np.random.Generator) -> None:
     small = replace(IBM_PCM_14NM, tiles_per_chip=3)
     prog = compile_model(_mlp(rng, [1024, 1024, 512]), hardware=small)  # 4 + 2 full tiles
-    assert len(prog.tiles_used()) == 6 and prog.chips_used == 2
+    check_placement(prog)
+    assert len(prog.tiles_used()) == 6 == prog.placement_info["lower_bound_tiles"] and prog.chips_used == 2
     assert sorted({s.chip for s in prog.slices}) == [0, 1]
     with pytest.raises(CapacityError, match=r"needs 6 tiles \(2 chips of 3\).*budget of 1 chips gives 3 tiles"):
         compile_model(_mlp(rng, [1024, 1024, 512]), hardware=replace(small, max_chips=1))
@@ -106,3 +227,4 @@ def test_mythic_preset_places_one_cell_per_weight(rng: np.random.Generator) -> N
     prog = compile_model(_mlp(rng, [1024, 2048]), hardware=load_hardware(preset="mythic-m1076"))
     assert len(prog.slices) == 2 and len(prog.tiles_used()) == 2
     assert prog.pcm_devices() == 1024 * 2048
+    check_placement(prog)

@@ -1,0 +1,98 @@
+"""assign_devices under a budget: CP-SAT equals brute force; budgets and capacity errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import const, make_model, node, tensor, weights
+
+from compiler.api import compile_model, save_program
+from compiler.errors import CapacityError
+from compiler.hardware import IBM_PCM_14NM
+
+MODELS = Path(__file__).parents[2] / "models"
+
+
+def _chain(rng: np.random.Generator, dims: list[int]):  # type: ignore[no-untyped-def]
+    nodes, inits, x = [], [], "x"
+    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        nodes.append(node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"l{i}"))
+        inits.append(const(f"w{i}", weights(rng, k, n)))
+        x = f"h{i}"
+    return make_model(nodes, [tensor("x", [4, dims[0]])], [tensor(x, [4, dims[-1]])], inits)
+
+
+def _brute_force(layers: dict[str, int], sens: dict[str, dict[str, float]], tiles: int) -> float:
+    per_tile = IBM_PCM_14NM.devices_per_tile
+    best = float("inf")
+    names = list(layers)
+    for combo in itertools.product(["4-PCM", "2-PCM"], repeat=len(names)):
+        dev = {"4-PCM": 0, "2-PCM": 0}
+        for n, e in zip(names, combo, strict=True):
+            dev[e] += layers[n] * IBM_PCM_14NM.encoding(e).devices_per_weight
+        if sum(-(-d // per_tile) for d in dev.values()) <= tiles:
+            best = min(best, sum(round(1e9 * sens[n][e] ** 2) for n, e in zip(names, combo, strict=True)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cpsat_choice_equals_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    dims = [int(d) for d in rng.integers(200, 900, size=6)]
+    model = _chain(rng, dims)
+    names = [f"l{i}" for i in range(5)]
+    sens = {n: {"4-PCM": float(rng.uniform(0.01, 0.05)), "2-PCM": float(rng.uniform(0.05, 0.2))} for n in names}
+    layers = {f"l{i}": dims[i] * dims[i + 1] for i in range(5)}
+    all4 = -(-sum(layers.values()) * 4 // IBM_PCM_14NM.devices_per_tile)
+    tiles = max(2, all4 - 2)  # tight enough that some layers must take 2-PCM
+    prog = compile_model(model, options={"tiles": tiles, "sensitivity": sens})
+    a = prog.assignment
+    got = sum(round(1e9 * sens[n][e] ** 2) for n, e in a["encodings"].items())
+    assert a["status"] == "optimal" and got == _brute_force(layers, sens, tiles)
+    assert len(prog.tiles_used()) <= tiles
+
+
+def test_measured_sensitivity_prefers_4pcm_and_budget_mixes_encodings(tmp_path: Path) -> None:
+    prog = compile_model(MODELS / "kws_mlp.onnx", options={"tiles": 5})
+    a = prog.assignment
+    assert a["status"] == "optimal" and len(prog.tiles_used()) <= 5
+    assert set(a["encodings"].values()) == {"2-PCM", "4-PCM"}
+    # 2-PCM (one pair) is the noisier encoding for every layer; the measured table is reported.
+    assert all(s["2-PCM"] > s["4-PCM"] for s in a["sensitivity"].values())
+    assert "sensitivity" not in prog.options  # measured, not an option
+    program = json.loads((save_program(prog, tmp_path / "k.anac") / "program.json").read_text())
+    assert program["assignment"]["encodings"] == a["encodings"] and program["options"] == {"tiles": 5}
+    assert 2.0 < a["pcm_per_weight"] < 4.0 and a["estimated_error"] > 0
+
+
+def test_unbudgeted_is_all_default_and_generous_budget_is_all_4pcm(rng: np.random.Generator) -> None:
+    model = _chain(rng, [600, 600, 30])
+    assert set(compile_model(model).assignment["encodings"].values()) == {"4-PCM"}
+    roomy = compile_model(model, options={"chips": 1})
+    assert set(roomy.assignment["encodings"].values()) == {"4-PCM"} and roomy.assignment["status"] == "optimal"
+
+
+def test_pcm_per_weight_budget(rng: np.random.Generator) -> None:
+    model = _chain(rng, [600, 600, 600, 600])
+    prog = compile_model(model, options={"pcm_per_weight": 3.0})
+    assert prog.assignment["pcm_per_weight"] <= 3.0
+    assert set(prog.assignment["encodings"].values()) == {"2-PCM", "4-PCM"}
+
+
+def test_capacity_error_states_the_smallest_mapping(rng: np.random.Generator) -> None:
+    model = _chain(rng, [1024, 1024, 1024])  # 2 M weights: all-2-PCM needs 4 tiles
+    with pytest.raises(CapacityError, match=r"smallest mapping \(every free layer 2-PCM\) needs 4 tiles; "
+                                            r"the budget gives 3 tiles"):
+        compile_model(model, options={"tiles": 3})
+
+
+def test_deterministic_for_a_seed(rng: np.random.Generator, tmp_path: Path) -> None:
+    model = _chain(rng, [700, 900, 800, 50])
+    a = save_program(compile_model(model, options={"tiles": 4}), tmp_path / "a.anac")
+    b = save_program(compile_model(model, options={"tiles": 4}), tmp_path / "b.anac")
+    for f in ("program.json", "weights.npz"):
+        assert (a / f).read_bytes() == (b / f).read_bytes()
