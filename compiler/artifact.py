@@ -97,6 +97,7 @@ def report_json(prog: Program) -> dict[str, Any]:
                        "matrices": len(mats), "shape": list(mats[0].shape), "encoding": mats[0].encoding,
                        "slices": len(sl), "tiles": len({(s.chip, s.tile) for s in sl})})
     return {**summary(prog), "layers": layers, "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
+            "assignment": prog.assignment, "pruning": prog.pruning, "calibration": prog.calibration,
             "timings_s": {k: round(v, 4) for k, v in prog.timings.items()}}
 
 

@@ -52,3 +52,27 @@ def test_digits_mlp_on_the_real_test_split() -> None:
 
     logits = simulate(prog, inputs)["logits"]
     assert np.mean(logits.argmax(axis=1) == labels) > 0.95
+
+
+LIGHT = Path(__import__("onnx").__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.mark.parametrize("path", [*MODELS, LIGHT / "light_resnet50.onnx"], ids=lambda p: p.stem)
+def test_tiles_within_five_percent_of_the_lower_bound(path: Path) -> None:
+    infos = model_inputs(load_onnx(path))
+    shapes = {t.name: tuple(d if isinstance(d, int) else 1 for d in t.shape) for t in infos}
+    prog = compile_model(path, input_shapes=shapes)
+    bound = -(-prog.pcm_devices() // prog.hardware.devices_per_tile)
+    assert prog.placement_info["lower_bound_tiles"] == bound
+    assert bound <= len(prog.tiles_used()) <= 1.05 * bound
+
+
+def test_budgeted_compile_reports_status_in_report_json(tmp_path: Path) -> None:
+    import json
+
+    prog = compile_model(MODELS[0].parent / "kws_mlp.onnx", options={"tiles": 5, "time_limit_s": 5.0})
+    report = json.loads((save_program(prog, tmp_path / "k.anac") / "report.json").read_text())
+    a = report["assignment"]
+    assert a["status"] == "optimal" and a["gap"] == 0.0 and a["budget"] == "a budget of 5 tiles"
+    assert sorted(a["encodings"]) == ["fc0", "fc1", "fc2", "fc3"] and report["tiles"] <= 5
+    assert a["pcm_per_weight"] == report["pcm_per_weight"]
