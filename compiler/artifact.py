@@ -57,11 +57,18 @@ def program_json(prog: Program) -> dict[str, Any]:
                       "input_rows": m.input_rows, "pruned": m.kept_rows is not None}
                      for m in (prog.matrices or {}).values()],
         "slices": [s.to_json() for s in prog.slices or []],
-        "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
+        "placement": _untimed({"chips": prog.chips_used, **(prog.placement_info or {})}),
         "calibration": prog.calibration,
         "pruning": prog.pruning,
-        "assignment": prog.assignment,
+        "assignment": _untimed(prog.assignment),
+        "tensor_elements": prog.tensor_elements,
+        "schedule": _untimed(prog.schedule),
     }
+
+
+def _untimed(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Without wall-clock solve times, which differ run to run (they go to report.json)."""
+    return None if d is None else {k: v for k, v in d.items() if k != "solve_time_s"}
 
 
 def summary(prog: Program) -> dict[str, Any]:
@@ -98,6 +105,7 @@ def report_json(prog: Program) -> dict[str, Any]:
                        "slices": len(sl), "tiles": len({(s.chip, s.tile) for s in sl})})
     return {**summary(prog), "layers": layers, "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
             "assignment": prog.assignment, "pruning": prog.pruning, "calibration": prog.calibration,
+            "schedule": {k: v for k, v in (prog.schedule or {}).items() if k != "timeline"},
             "timings_s": {k: round(v, 4) for k, v in prog.timings.items()}}
 
 
@@ -224,8 +232,9 @@ def load_program(path: str | Path) -> Program:
     prog.stages, prog.mvms, prog.matrices, prog.slices = stages, mvms, matrices, slices
     prog.calibration = data["calibration"]
     prog.pruning, prog.assignment = data["pruning"], data["assignment"]
+    prog.tensor_elements, prog.schedule = data["tensor_elements"], data["schedule"]
     prog.chips_used = data["placement"]["chips"]
     prog.placement_info = {k: v for k, v in data["placement"].items() if k != "chips"}
-    prog.produced.update({"partition", "pruning", "encodings", "slices", "placement"})
+    prog.produced.update({"partition", "pruning", "encodings", "slices", "placement", "schedule"})
     prog.verify()
     return prog

@@ -26,6 +26,7 @@ from passes.assign_devices import AssignDevices
 from passes.partition import Partition
 from passes.place import Place
 from passes.prune_inputs import PruneInputs
+from passes.schedule_links import ScheduleLinks
 from passes.split_matrices import SplitMatrices
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Pass(Protocol):
 # Options the API measures and hands to passes; what they lead to is reported, not stored as options.
 MEASURED_OPTIONS = ("sensitivity", "row_scale")
 
-PIPELINE: tuple[Pass, ...] = (Partition(), PruneInputs(), AssignDevices(), SplitMatrices(), Place())
+PIPELINE: tuple[Pass, ...] = (Partition(), PruneInputs(), AssignDevices(), SplitMatrices(), Place(), ScheduleLinks())
 
 
 def pass_options(pipeline: Sequence[Pass] = PIPELINE) -> dict[str, list[str]]:

@@ -51,8 +51,8 @@ class Links:
     """How chips exchange data: topology, bandwidth and latency of each link."""
 
     topology: str = "host"  # "host" (all-to-all through the host), "ring" or "mesh"
-    bandwidth_bytes_per_ns: float = 1.0
-    latency_ns: float = 1000.0
+    bandwidth_bytes_per_ns: float = 1.0  # per link (inferred; the paper does not publish it)
+    latency_ns: float = 1000.0  # per transfer on a link
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,11 @@ class HardwareSpec:
     analog_activations: tuple[str, ...] = ("Relu", "HardSigmoid", "HardTanh")
     partial_sums: str = "host"  # where partial sums across tiles are added
     io_pads_per_chip: int = 6
+    tile_grid: tuple[int, int] = (6, 6)  # tiles sit on a 2-D mesh of this many rows x columns, row-major
+    # One 512-wide MVM integration: on the order of 100 ns (the paper's RNN-T frame: 5 steps of 300 ns).
     mvm_time_ns: float = 100.0
+    host_stage_ns: float = 1000.0  # fixed cost of a host round of work (inferred)
+    host_ns_per_element: float = 0.5  # host time per output element of a host stage or digital sum (inferred)
     max_chips: int | None = None  # None: as many chips as the model needs
 
     def encoding(self, name: str) -> Encoding:
@@ -120,6 +124,11 @@ class HardwareSpec:
         self.encoding(self.default_encoding)
         if self.input_sign not in ("polarity", "two-pass"):
             raise HardwareSpecError(f"input_sign must be 'polarity' or 'two-pass', got {self.input_sign!r}")
+        if self.links.topology not in ("host", "ring", "mesh"):
+            raise HardwareSpecError(f"links.topology must be 'host', 'ring' or 'mesh', got {self.links.topology!r}")
+        if self.tile_grid[0] * self.tile_grid[1] < self.tiles_per_chip:
+            raise HardwareSpecError(f"tile_grid {self.tile_grid[0]} x {self.tile_grid[1]} has fewer positions "
+                                    f"than the {self.tiles_per_chip} tiles per chip")
         if self.partial_sums not in ("host", "chip"):
             raise HardwareSpecError(f"partial_sums must be 'host' or 'chip', got {self.partial_sums!r}")
         return self
@@ -162,6 +171,7 @@ MYTHIC_M1076 = HardwareSpec(
     analog_activations=(),
     partial_sums="chip",
     io_pads_per_chip=1,
+    tile_grid=(8, 10),
 )
 
 PRESETS: dict[str, HardwareSpec] = {IBM_PCM_14NM.name: IBM_PCM_14NM, MYTHIC_M1076.name: MYTHIC_M1076}
@@ -217,7 +227,7 @@ def _build(data: dict[str, Any], base: HardwareSpec | None) -> HardwareSpec:
     for key, cls in (("device", DeviceModel), ("links", Links)):
         if key in data:
             data[key] = _sub(cls, data[key], getattr(base, key) if base else None, key)
-    for key in ("analog_activations",):
+    for key in ("analog_activations", "tile_grid"):
         if key in data:
             data[key] = tuple(data[key])
     try:

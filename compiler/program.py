@@ -139,6 +139,7 @@ class Program:
     produced: set[str] = field(default_factory=lambda: {"graph"})
     # partition
     stages: list[Stage] | None = None
+    tensor_elements: dict[str, int] = field(default_factory=dict)  # elements of tensors between stages
     mvms: dict[str, MVM] | None = None
     matrices: dict[str, Matrix] | None = None
     # prune_inputs: {matrix: {"rows": before, "kept": after}}
@@ -151,6 +152,7 @@ class Program:
     chips_used: int | None = None
     placement_info: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None  # how input/output ranges were set
+    schedule: dict[str, Any] | None = None  # schedule_links: timeline, latency, throughput
     timings: dict[str, float] = field(default_factory=dict)
     _targets: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 

@@ -32,8 +32,25 @@ def placement_table(prog: Program) -> dict[str, Any]:
         })
     host = [{"stage": st.name, "nodes": len(st.nodes), "inputs": st.inputs, "outputs": st.outputs}
             for st in prog.stages or [] if st.kind == "host"]
-    return {"hardware": hw.name, "chips": [{"chip": c, "tiles": t} for c, t in sorted(chips.items())],
-            "host_stages": host, "pruning": prog.pruning, "assignment": prog.assignment, "summary": summary(prog)}
+    layers: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for (chip, tile), slices in sorted(by_tile.items()):
+        for s in slices:
+            node = prog.matrices[s.matrix].node  # type: ignore[index]
+            if tile not in layers[chip][node]:
+                layers[chip][node].append(tile)
+    sched = prog.schedule or {}
+    links: dict[str, dict[str, float]] = defaultdict(lambda: {"bytes": 0, "transfers": 0, "busy_ns": 0})
+    for t in sched.get("timeline", []):
+        for r in t["resources"]:
+            if r.startswith("link:"):
+                links[r]["bytes"] += t["bytes"]
+                links[r]["transfers"] += 1
+                links[r]["busy_ns"] += t["end_ns"] - t["start_ns"]
+    return {"hardware": hw.name,
+            "chips": [{"chip": c, "tiles": t, "layers": dict(layers[c])} for c, t in sorted(chips.items())],
+            "host_stages": host, "pruning": prog.pruning, "assignment": prog.assignment,
+            "placement": prog.placement_info, "links": dict(sorted(links.items())),
+            "schedule": sched, "summary": summary(prog)}
 
 
 def render_text(prog: Program) -> str:
@@ -48,6 +65,8 @@ def render_text(prog: Program) -> str:
                         for i in range(hw.tiles_per_chip))
         lines.append("")
         lines.append(f"chip {chip['chip']}: {len(used)} of {hw.tiles_per_chip} tiles used   map [{cells}]")
+        lines.append("  layers: " + "; ".join(f"{n} on tile(s) {','.join(map(str, t))}"
+                                              for n, t in chip["layers"].items()))
         lines.append(f"  {'tile':>4}  {'util':>6}  {'enc':<6} {'layer':<28} {'rows':>13} {'cols':>13}")
         for t in chip["tiles"]:
             for j, s in enumerate(t["slices"]):
@@ -70,6 +89,19 @@ def render_text(prog: Program) -> str:
             how += f", estimated error {a['estimated_error']:.4g}"
         lines.append("encodings: " + ", ".join(f"{n} layer(s) {e}" for e, n in sorted(counts.items()))
                      + f" ({how})")
+    p = table["placement"] or {}
+    if "link_bytes" in p:
+        g = p.get("greedy", {})
+        lines.append(f"placement: {p.get('method')}, {p.get('status')}; {p['link_bytes']:,} bytes on links "
+                     f"per inference (greedy: {g.get('link_bytes', 0):,})")
+    for name, lk in table["links"].items():
+        lines.append(f"  {name}: {int(lk['bytes']):,} bytes in {int(lk['transfers'])} transfers, "
+                     f"busy {lk['busy_ns'] / 1e3:,.1f} us per inference")
+    sched = table["schedule"]
+    if sched:
+        tp = sched.get("throughput_per_s")
+        lines.append(f"schedule: {sched['status']}; latency {sched['latency_ns'] / 1e3:,.1f} us per inference, "
+                     f"throughput {tp:,.0f} inferences/s pipelined (bottleneck {sched['bottleneck']})")
     if table["host_stages"]:
         lines.append("host stages: " + ", ".join(f"{h['stage']} ({h['nodes']} nodes)" for h in table["host_stages"]))
     s = table["summary"]

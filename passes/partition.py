@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import onnx
 
 from compiler.errors import ShapeError
@@ -64,7 +65,27 @@ class Partition:
         groups = [(k, ns) for k, ns in groups if ns]
         prog.stages = _make_stages(graph, groups, [t.name for t in prog.outputs], mvms)
         prog.mvms, prog.matrices = mvms, matrices
+        for mvm in mvms.values():
+            mvm.params["traffic"] = _traffic(graph, mvm, matrices[mvm.matrices[0]].shape[0])
+        prog.tensor_elements = {t: _elements(graph, t) for st in prog.stages for t in st.inputs + st.outputs}
 
+
+def _elements(graph: Graph, name: str) -> int:
+    info = graph.info(name)
+    if info is None or not info.is_static:
+        return 0
+    return int(np.prod(info.shape, dtype=np.int64))  # type: ignore[arg-type]
+
+
+def _traffic(graph: Graph, mvm: MVM, k: int) -> dict[str, int]:
+    """Per inference: input elements, output elements, and input vectors (MVMs each tile runs)."""
+    x, y = _elements(graph, mvm.input), _elements(graph, mvm.output)
+    if mvm.kind == "conv":
+        n_out = int(mvm.params["out_channels_per_group"]) * len(mvm.matrices)
+        vectors = y // n_out if n_out else 0  # batch x output positions
+    else:
+        vectors = x // k if k else 0
+    return {"in_elements": x, "out_elements": y, "vectors": vectors}
 
 def _fuse_activations(graph: Graph, mvms: dict[str, MVM], allowed: tuple[str, ...],
                       graph_outputs: set[str]) -> dict[str, str]:

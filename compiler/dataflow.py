@@ -1,0 +1,194 @@
+"""The dataflow of a placed program: tasks, transfers and the bytes that cross chips.
+
+Per inference, each analog layer runs on every tile that holds its slices
+(one MVM per input vector and slice, slices on a tile one after another);
+each host stage and each digital partial-sum reduction runs on the host.
+Data moves as 8-bit words: a layer's input goes to every chip that holds
+the layer, from the host (graph inputs, host stages, partial sums reduced
+on the host) or from the chips of the analog layer that produced it; a
+layer's outputs go to the host when a host stage or the graph reads them or
+when its partial sums are reduced there. Transfers between two chips take
+the links of the spec's topology ("host": through the host, one link per
+chip each way; "ring"; "mesh": XY routes).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from compiler.program import MVM, Program
+
+BYTES_PER_ELEMENT = 1  # 8-bit inputs and outputs
+
+
+@dataclass
+class Task:
+    """Something that takes time on one or more resources (a tile, the host, links)."""
+
+    id: str
+    kind: str  # "mvm", "host", "sum", "transfer"
+    resources: list[str]
+    duration_ns: float
+    after: list[str] = field(default_factory=list)  # task ids that must end first
+    nbytes: int = 0
+    src: str = ""
+    dst: str = ""
+
+
+def single_row_block(prog: Program, mvm: MVM) -> bool:
+    """Every slice of the layer spans all of its rows: its outputs need no partial sums."""
+    return all(s.n_rows == prog.matrices[s.matrix].shape[0]  # type: ignore[index]
+               for s in prog.slices or [] if prog.matrices[s.matrix].node == mvm.node)  # type: ignore[index]
+
+
+def output_on_chip(prog: Program, mvm: MVM) -> bool:
+    """Whether the layer's finished output exists on its chips (else on the host)."""
+    return prog.hardware.partial_sums == "chip" or single_row_block(prog, mvm)
+
+
+def layer_tiles(prog: Program) -> dict[str, dict[tuple[int, int], list[int]]]:
+    """{layer: {(chip, tile): [slice ids]}}."""
+    out: dict[str, dict[tuple[int, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+    for s in prog.slices or []:
+        out[prog.matrices[s.matrix].node][(s.chip, s.tile)].append(s.id)  # type: ignore[index]
+    return out
+
+
+def route(hw_links_topology: str, chips: int, a: int, b: int) -> list[str]:
+    """Link resources a transfer from chip a to chip b occupies (``-1`` is the host)."""
+    if a == b:
+        return []
+    if hw_links_topology == "host" or a < 0 or b < 0:
+        return [f"link:{c}" for c in (a, b) if c >= 0]
+    if hw_links_topology == "ring":
+        fwd = (b - a) % chips
+        step = 1 if fwd <= chips - fwd else -1
+        hops, c = [], a
+        while c != b:
+            n = (c + step) % chips
+            hops.append(f"link:{min(c, n)}-{max(c, n)}")
+            c = n
+        return hops
+    width = max(1, int(round(chips ** 0.5)))  # mesh: chips on a near-square grid, XY routing
+    (ar, ac), (br, bc) = divmod(a, width), divmod(b, width)
+    hops, r, c = [], ar, ac
+    while c != bc:
+        n = c + (1 if bc > c else -1)
+        hops.append(f"link:{r * width + min(c, n)}-{r * width + max(c, n)}")
+        c = n
+    while r != br:
+        n = r + (1 if br > r else -1)
+        hops.append(f"link:{min(r, n) * width + c}-{max(r, n) * width + c}")
+        r = n
+    return hops
+
+
+def tasks(prog: Program) -> list[Task]:
+    """Every task of one inference, with its resources, duration and predecessors."""
+    hw, links = prog.hardware, prog.hardware.links
+    chips = prog.chips_used or 0
+    mvms = prog.mvms or {}
+    producer: dict[str, str] = {}  # tensor -> "host:<stage>" or "mvm:<layer>"
+    for st in prog.stages or []:
+        for t in st.outputs:
+            producer[t] = f"host:{st.name}" if st.kind == "host" else f"mvm:{mvms[_writer(prog, t)].node}"
+    on_tiles = layer_tiles(prog)
+    out: list[Task] = []
+    ready_on_host: dict[str, list[str]] = {}  # tensor -> tasks after which it is on the host
+    done_on_chip: dict[str, dict[int, list[str]]] = {}  # layer -> chip -> its MVM tasks there
+
+    def transfer(tid: str, src: int, dst: int, nbytes: int, after: list[str]) -> Task:
+        res = route(links.topology, chips, src, dst)
+        t = Task(tid, "transfer", res, links.latency_ns * max(1, len(res)) + nbytes / links.bandwidth_bytes_per_ns,
+                 after, nbytes, "host" if src < 0 else f"chip {src}", "host" if dst < 0 else f"chip {dst}")
+        out.append(t)
+        return t
+
+    for st in prog.stages or []:
+        if st.kind == "host":
+            after = [a for t in st.inputs for a in ready_on_host.get(t, [])]
+            elems = sum(prog.tensor_elements.get(t, 0) for t in st.outputs)
+            out.append(Task(f"host:{st.name}", "host", ["host"], hw.host_stage_ns + hw.host_ns_per_element * elems,
+                            after))
+            for t in st.outputs:
+                ready_on_host[t] = [f"host:{st.name}"]
+            continue
+        for node in st.nodes:
+            mvm = mvms[node]
+            traffic = mvm.params.get("traffic", {})
+            tiles = on_tiles.get(node, {})
+            by_chip: dict[int, list[tuple[int, int]]] = defaultdict(list)
+            for key in sorted(tiles):
+                by_chip[key[0]].append(key)
+            src_layer = producer.get(mvm.input, "")
+            chip_src = src_layer.startswith("mvm:") and output_on_chip(prog, mvms[src_layer[4:]])
+            in_bytes = traffic.get("in_elements", 0) * BYTES_PER_ELEMENT
+            done_on_chip[node] = {}
+            for chip, keys in sorted(by_chip.items()):
+                if chip_src:
+                    after = []
+                    for q, q_tasks in sorted(done_on_chip[src_layer[4:]].items()):
+                        if q == chip:
+                            after += q_tasks  # on-chip mesh: no link
+                        else:
+                            share = _share(prog, src_layer[4:], q)
+                            after.append(transfer(f"x:{src_layer[4:]}@{q}>{node}@{chip}", q, chip,
+                                                  int(in_bytes * share), q_tasks).id)
+                else:
+                    after = [transfer(f"in:{node}>{chip}", -1, chip, in_bytes,
+                                      list(ready_on_host.get(mvm.input, []))).id]
+                ids = []
+                for key in keys:
+                    n_slices = len(tiles[key])
+                    tid = f"mvm:{node}@{key[0]}.{key[1]}"
+                    out.append(Task(tid, "mvm", [f"tile:{key[0]}.{key[1]}"],
+                                    hw.mvm_time_ns * max(1, traffic.get("vectors", 1)) * n_slices, list(after)))
+                    ids.append(tid)
+                done_on_chip[node][chip] = ids
+            if _needed_on_host(prog, mvm):
+                back = []
+                for chip, ids in sorted(done_on_chip[node].items()):
+                    cols = sum(prog.slices[i].n_cols for key in by_chip[chip] for i in tiles[key])  # type: ignore[index]
+                    back.append(transfer(f"out:{node}<{chip}", chip, -1,
+                                         max(1, traffic.get("vectors", 1)) * cols * BYTES_PER_ELEMENT, ids).id)
+                if not single_row_block(prog, mvm) and prog.hardware.partial_sums == "host":
+                    out.append(Task(f"sum:{node}", "sum", ["host"],
+                                    hw.host_ns_per_element * traffic.get("out_elements", 0), back))
+                    back = [f"sum:{node}"]
+                ready_on_host[mvm.output] = back
+    return out
+
+
+def _writer(prog: Program, tensor: str) -> str:
+    return next(m.node for m in (prog.mvms or {}).values() if m.output == tensor)
+
+
+def _share(prog: Program, layer: str, chip: int) -> float:
+    """The fraction of a layer's output columns computed on ``chip``."""
+    cols = defaultdict(int)
+    for s in prog.slices or []:
+        if prog.matrices[s.matrix].node == layer:  # type: ignore[index]
+            cols[s.chip] += s.n_cols
+    total = sum(cols.values())
+    return cols[chip] / total if total else 0.0
+
+
+def _needed_on_host(prog: Program, mvm: MVM) -> bool:
+    if not output_on_chip(prog, mvm):
+        return True
+    if mvm.output in {t.name for t in prog.outputs}:
+        return True
+    return any(st.kind == "host" and mvm.output in st.inputs for st in prog.stages or [])
+
+
+def link_bytes(prog: Program) -> dict[str, int]:
+    """Bytes per inference: between chips, between chips and the host, and their sum."""
+    chip_chip = host = 0
+    for t in tasks(prog):
+        if t.kind == "transfer":
+            if t.src == "host" or t.dst == "host":
+                host += t.nbytes
+            else:
+                chip_chip += t.nbytes
+    return {"chip_to_chip": chip_chip, "host_links": host, "total": chip_chip + host}
