@@ -1,0 +1,53 @@
+"""CP-SAT placement against the greedy baseline, side by side, with solve time and the schedule.
+
+For every models/*.onnx and the ONNX suite's light ResNet-50 and VGG-19
+(and any extra model paths given), prints chips used and bytes on links per
+inference for greedy (tiles to chips in packing order) and CP-SAT, the
+solver's status and time, and the scheduled latency and throughput.
+
+    python benchmarks/bench_placer.py [--tiles-per-chip 34] [extra.onnx ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+
+from compiler.api import compile_model, make_inputs, model_inputs
+from compiler.frontend import load_onnx
+from compiler.hardware import load_hardware
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiles-per-chip", type=int, default=None, help="override the chip size (more chips)")
+    ap.add_argument("models", nargs="*", type=Path)
+    args = ap.parse_args()
+    hw = load_hardware()
+    if args.tiles_per_chip:
+        hw = replace(hw, tiles_per_chip=args.tiles_per_chip)
+    paths = sorted((ROOT / "models").glob("*.onnx")) + [LIGHT / "light_resnet50.onnx", LIGHT / "light_vgg19.onnx"]
+    paths += args.models
+    print(f"{'model':<16} {'tiles':>5} {'chips':>5} {'greedy bytes':>13} {'CP-SAT bytes':>13} {'saved':>7} "
+          f"{'status':<22} {'solve':>6} {'latency':>11} {'inf/s':>9}")
+    for path in paths:
+        shapes = {k: v.shape for k, v in make_inputs(model_inputs(load_onnx(path))).items()}
+        t = time.perf_counter()
+        prog = compile_model(path, input_shapes=shapes, hardware=hw, progress=lambda _m: None)
+        p, s = prog.placement_info or {}, prog.schedule or {}
+        g = p["greedy"]["link_bytes"]
+        saved = 1 - p["link_bytes"] / g if g else 0.0
+        print(f"{path.stem:<16} {p['tiles']:>5} {prog.chips_used:>5} {g:>13,} {p['link_bytes']:>13,} {saved:>7.2%} "
+              f"{p['status'][:22]:<22} {p.get('solve_time_s', 0.0):>5.1f}s {s['latency_ns'] / 1e3:>9.1f}us "
+              f"{s['throughput_per_s']:>9,.0f}   ({time.perf_counter() - t:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
