@@ -26,7 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from backends.analog import ProgrammedChip, quantize_polarity, quantize_signed, quantize_unsigned
-from backends.host import HostStages
+from backends.host import HostStages, make_session, run_session
 from compiler.errors import AnacError, InputError
 from compiler.ir import TensorInfo
 from compiler.program import MVM, Program
@@ -80,6 +80,9 @@ class Simulator:
         self.chip: ProgrammedChip | None = None
         self.t: float | None = None
         self._host = HostStages(prog.stages or [])
+        self._cells = {(node, d, k): make_session(m, f"the cell of {node} (direction {d}, part {k})")
+                       for node, rec in prog.recurrent.items() for d, cell in enumerate(rec.cells)
+                       for k, m in enumerate(cell.models)}
         self._plans: dict[str, list[list[_SlicePlan]]] = {}
         self._stacks: dict[str, list[_RowBlocks]] = {}
         self._tile_act = {m.node: tile_activation(prog, m) for m in (prog.mvms or {}).values()}
@@ -139,6 +142,9 @@ class Simulator:
         for stage in self.prog.stages or []:
             if stage.kind == "host":
                 self._host.run(stage, env)
+            elif stage.kind == "recurrent":
+                rec = self.prog.recurrent[stage.nodes[0]]
+                env.update(self._run_recurrent(rec, env))
             else:
                 for node in stage.nodes:
                     mvm = self.prog.mvms[node]  # type: ignore[index]
@@ -192,6 +198,51 @@ class Simulator:
         quantize = quantize_unsigned if unsigned else quantize_signed
         y = quantize(parts, blocks.full_scale, hw.output_bits).sum(axis=0)
         return y[:m] - y[m:] if hw.input_sign == "two-pass" else y
+
+    def _run_recurrent(self, rec: Any, env: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """One LSTM/GRU/RNN layer: its cell once per time step and direction, with sequence_lens masking."""
+        def value(name: str) -> np.ndarray | None:
+            if not name:
+                return None
+            return np.asarray(rec.constants[name] if name in rec.constants else env[name])
+
+        x = np.asarray(env[rec.x], np.float32)
+        if rec.layout:
+            x = np.swapaxes(x, 0, 1)  # (batch, seq, in) -> (seq, batch, in)
+        seq, batch, hidden = x.shape[0], x.shape[1], rec.hidden
+        lens = value(rec.sequence_lens)
+        lens = np.full(batch, seq) if lens is None else lens.astype(np.int64)
+        h0, c0 = value(rec.initial_h), value(rec.initial_c)
+        if rec.layout:
+            h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
+            c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
+        ndir = len(rec.directions)
+        y = np.zeros((seq, ndir, batch, hidden), np.float32)
+        y_h = np.zeros((ndir, batch, hidden), np.float32)
+        y_c = np.zeros((ndir, batch, hidden), np.float32)
+        for d, (direction, cell) in enumerate(zip(rec.directions, rec.cells, strict=True)):
+            h = np.zeros((batch, hidden), np.float32) if h0 is None else h0[d].astype(np.float32)
+            c = np.zeros((batch, hidden), np.float32) if c0 is None else c0[d].astype(np.float32)
+            order = range(seq) if direction == "forward" else range(seq - 1, -1, -1)
+            for t in order:
+                e: dict[str, np.ndarray] = {"x": x[t], "h": h, "c": c}
+                for step in cell.steps:
+                    if step[0] == "concat":
+                        e[step[1]] = np.concatenate([e[a] for a in step[2]], axis=1)
+                    elif step[0] == "mvm":
+                        e[step[3]] = self._run_mvm(self.prog.mvms[step[1]], e[step[2]])  # type: ignore[index]
+                    else:
+                        sess = self._cells[(rec.node, d, step[1])]
+                        outs = run_session(sess, {n: e[n] for n in step[2]}, f"the cell of {rec.node}")
+                        e.update(zip(step[3], outs, strict=True))
+                active = (t < lens)[:, None]
+                h = np.where(active, e["h_new"], h).astype(np.float32)
+                c = np.where(active, e["c_new"], c).astype(np.float32)
+                y[t, d] = np.where(active, e["h_new"], 0)
+            y_h[d], y_c[d] = h, c
+        if rec.layout:
+            y, y_h, y_c = np.transpose(y, (2, 0, 1, 3)), np.swapaxes(y_h, 0, 1), np.swapaxes(y_c, 0, 1)
+        return {name: v for name, v in zip(rec.outputs, (y, y_h, y_c), strict=True) if name}
 
     def _run_mvm(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
         matrices = [self.prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]

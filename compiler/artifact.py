@@ -29,6 +29,7 @@ from compiler.errors import ArtifactError
 from compiler.hardware import HardwareSpec
 from compiler.ir import Graph, TensorInfo
 from compiler.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
+from compiler.recurrent import Cell, Recurrent
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps keep weights.npz byte-identical
 
@@ -62,6 +63,7 @@ def program_json(prog: Program) -> dict[str, Any]:
         "pruning": prog.pruning,
         "assignment": _untimed(prog.assignment),
         "tensor_elements": prog.tensor_elements,
+        "recurrent": [r.to_json() for r in prog.recurrent.values()],
         "schedule": _untimed(prog.schedule),
     }
 
@@ -167,10 +169,28 @@ def _write(prog: Program, where: Path) -> None:
     for i, m in enumerate((prog.matrices or {}).values()):
         if m.kept_rows is not None:
             arrays.append((f"kept_rows_{i}", m.kept_rows))
+    for i, rec in enumerate(prog.recurrent.values()):
+        for j, name in enumerate(sorted(rec.constants)):
+            arrays.append((f"cell{i}_const{j}", rec.constants[name]))
     _write_npz(where / "weights.npz", arrays)
     for st in prog.stages or []:
         if st.kind == "host" and st.model is not None:
             (where / "host" / f"{st.name}.onnx").write_bytes(st.model.SerializeToString(deterministic=True))
+    for i, rec in enumerate(prog.recurrent.values()):
+        for d, cell in enumerate(rec.cells):
+            for k, model in enumerate(cell.models):
+                (where / "host" / f"cell{i}_d{d}_{k}.onnx").write_bytes(model.SerializeToString(deterministic=True))
+
+
+def _load_recurrent(path: Path, i: int, r: dict[str, Any], arrays: dict[str, np.ndarray]) -> Recurrent:
+    cells = []
+    for d, steps in enumerate(r["cells"]):
+        n_models = sum(1 for s in steps if s[0] == "host")
+        models = [onnx.load(str(path / "host" / f"cell{i}_d{d}_{k}.onnx")) for k in range(n_models)]
+        cells.append(Cell([tuple(s) for s in steps], models))
+    constants = {name: arrays[f"cell{i}_const{j}"] for j, name in enumerate(r["constants"])}
+    return Recurrent(r["node"], r["op_type"], r["hidden"], r["layout"], r["directions"], r["x"], r["sequence_lens"],
+                     r["initial_h"], r["initial_c"], r["outputs"], cells, constants)
 
 
 def _write_npz(path: Path, arrays: list[tuple[str, np.ndarray]]) -> None:
@@ -233,6 +253,7 @@ def load_program(path: str | Path) -> Program:
     prog.calibration = data["calibration"]
     prog.pruning, prog.assignment = data["pruning"], data["assignment"]
     prog.tensor_elements, prog.schedule = data["tensor_elements"], data["schedule"]
+    prog.recurrent = {r["node"]: _load_recurrent(path, i, r, arrays) for i, r in enumerate(data["recurrent"])}
     prog.chips_used = data["placement"]["chips"]
     prog.placement_info = {k: v for k, v in data["placement"].items() if k != "chips"}
     prog.produced.update({"partition", "pruning", "encodings", "slices", "placement", "schedule"})

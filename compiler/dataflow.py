@@ -92,7 +92,10 @@ def tasks(prog: Program) -> list[Task]:
     producer: dict[str, str] = {}  # tensor -> "host:<stage>" or "mvm:<layer>"
     for st in prog.stages or []:
         for t in st.outputs:
-            producer[t] = f"host:{st.name}" if st.kind == "host" else f"mvm:{mvms[_writer(prog, t)].node}"
+            if st.kind == "analog":
+                producer[t] = f"mvm:{_writer(prog, t)}"
+            else:  # host stages, and recurrent cells whose state updates run on the host
+                producer[t] = f"host:{st.name}"
     on_tiles = layer_tiles(prog)
     out: list[Task] = []
     ready_on_host: dict[str, list[str]] = {}  # tensor -> tasks after which it is on the host
@@ -114,7 +117,15 @@ def tasks(prog: Program) -> list[Task]:
             for t in st.outputs:
                 ready_on_host[t] = [f"host:{st.name}"]
             continue
-        for node in st.nodes:
+        layers = st.nodes
+        if st.kind == "recurrent":
+            # Summarised per inference: each matrix of the cell runs once per step (its vectors), fed from and
+            # returning to the host, which runs the gates of every step.
+            rec = prog.recurrent[st.nodes[0]]
+            layers = [m for m in mvms if mvms[m].params.get("recurrent") == rec.node]
+            for m in layers:
+                ready_on_host[mvms[m].input] = [a for t in st.inputs for a in ready_on_host.get(t, [])]
+        for node in layers:
             mvm = mvms[node]
             traffic = mvm.params.get("traffic", {})
             tiles = on_tiles.get(node, {})
@@ -157,6 +168,14 @@ def tasks(prog: Program) -> list[Task]:
                                     hw.host_ns_per_element * traffic.get("out_elements", 0), back))
                     back = [f"sum:{node}"]
                 ready_on_host[mvm.output] = back
+        if st.kind == "recurrent":
+            steps = max((mvms[m].params.get("traffic", {}).get("steps", 1) for m in layers), default=1)
+            elems = sum(prog.tensor_elements.get(t, 0) for t in st.outputs)
+            after = [a for m in layers for a in ready_on_host.get(mvms[m].output, [])]
+            out.append(Task(f"host:{st.name}", "host", ["host"],
+                            steps * hw.host_stage_ns + hw.host_ns_per_element * elems, after))
+            for t in st.outputs:
+                ready_on_host[t] = [f"host:{st.name}"]
     return out
 
 
@@ -175,7 +194,7 @@ def _share(prog: Program, layer: str, chip: int) -> float:
 
 
 def _needed_on_host(prog: Program, mvm: MVM) -> bool:
-    if not output_on_chip(prog, mvm):
+    if not output_on_chip(prog, mvm) or "recurrent" in mvm.params:
         return True
     if mvm.output in {t.name for t in prog.outputs}:
         return True

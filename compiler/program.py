@@ -77,7 +77,7 @@ class Stage:
     """A step of execution: an analog stage (MVMs) or a host stage (an ONNX subgraph)."""
 
     name: str
-    kind: str  # "analog" or "host"
+    kind: str  # "analog", "host" or "recurrent" (one LSTM/GRU/RNN cell, run per time step)
     inputs: list[str]
     outputs: list[str]
     nodes: list[str]  # source node names
@@ -140,6 +140,7 @@ class Program:
     # partition
     stages: list[Stage] | None = None
     tensor_elements: dict[str, int] = field(default_factory=dict)  # elements of tensors between stages
+    recurrent: dict[str, Any] = field(default_factory=dict)  # node -> compiler.recurrent.Recurrent
     mvms: dict[str, MVM] | None = None
     matrices: dict[str, Matrix] | None = None
     # prune_inputs: {matrix: {"rows": before, "kept": after}}

@@ -21,6 +21,7 @@ from compiler.errors import ShapeError
 from compiler.ir import Graph, Node, node_reads
 from compiler.lowering import lower
 from compiler.program import MVM, Matrix, Program, Stage
+from compiler.recurrent import RECURRENT_OPS, Recurrent, lower_recurrent
 
 # Host stage models never go below this IR version: initializers need not be graph inputs from IR 4 on.
 _MIN_HOST_IR = 7
@@ -38,7 +39,16 @@ class Partition:
         graph = prog.graph
         mvms: dict[str, MVM] = {}
         matrices: dict[str, Matrix] = {}
+        recurrent: dict[str, Recurrent] = {}
         for node in graph.nodes:
+            if node.op_type in RECURRENT_OPS:
+                cell = lower_recurrent(node, graph)
+                if not isinstance(cell, str):
+                    rec, rec_mvms, mats = cell
+                    recurrent[node.name] = rec
+                    mvms.update((m.node, m) for m in rec_mvms)
+                    matrices.update((m.id, m) for m in mats)
+                continue
             lowered = lower(node, graph)
             if not isinstance(lowered, str):
                 mvm, mats = lowered
@@ -51,7 +61,7 @@ class Partition:
             if node.name in fused:  # runs at its MVM's tile outputs, in the same analog stage
                 level[node.outputs[0]] = level[fused[node.name]]
                 continue
-            analog = node.name in mvms
+            analog = node.name in mvms or node.name in recurrent
             d = max((level.get(t, 0) for t in node_reads(node)), default=0) + int(analog)
             for out in node.outputs:
                 level[out] = d
@@ -60,13 +70,18 @@ class Partition:
         groups: list[tuple[str, list[Node]]] = []
         for d in range(depth + 1):
             if d > 0:
-                groups.append(("analog", [n for n, lv, a in node_level if lv == d and a]))
+                groups.append(("analog", [n for n, lv, a in node_level if lv == d and a and n.name in mvms]))
+                groups += [("recurrent", [n]) for n, lv, a in node_level if lv == d and a and n.name in recurrent]
             groups.append(("host", [n for n, lv, a in node_level if lv == d and not a]))
         groups = [(k, ns) for k, ns in groups if ns]
-        prog.stages = _make_stages(graph, groups, [t.name for t in prog.outputs], mvms)
-        prog.mvms, prog.matrices = mvms, matrices
+        prog.stages = _make_stages(graph, groups, [t.name for t in prog.outputs], mvms, recurrent)
+        prog.mvms, prog.matrices, prog.recurrent = mvms, matrices, recurrent
         for mvm in mvms.values():
-            mvm.params["traffic"] = _traffic(graph, mvm, matrices[mvm.matrices[0]].shape[0])
+            if "recurrent" in mvm.params:
+                mvm.params["traffic"] = _recurrent_traffic(graph, recurrent[mvm.params["recurrent"]],
+                                                           matrices[mvm.matrices[0]].shape)
+            else:
+                mvm.params["traffic"] = _traffic(graph, mvm, matrices[mvm.matrices[0]].shape[0])
         prog.tensor_elements = {t: _elements(graph, t) for st in prog.stages for t in st.inputs + st.outputs}
 
 
@@ -75,6 +90,15 @@ def _elements(graph: Graph, name: str) -> int:
     if info is None or not info.is_static:
         return 0
     return int(np.prod(info.shape, dtype=np.int64))  # type: ignore[arg-type]
+
+
+def _recurrent_traffic(graph: Graph, rec: Recurrent, shape: tuple[int, int]) -> dict[str, int]:
+    """A recurrent matrix runs once per time step for the whole batch."""
+    info = graph.info(rec.x)
+    dims = info.shape if info is not None and info.is_static else (1, 1, 1)
+    vectors = int(dims[0]) * int(dims[1])  # type: ignore[index, arg-type]
+    return {"in_elements": vectors * shape[0], "out_elements": vectors * shape[1], "vectors": vectors,
+            "steps": int(dims[1] if rec.layout else dims[0])}  # type: ignore[index, arg-type]
 
 
 def _traffic(graph: Graph, mvm: MVM, k: int) -> dict[str, int]:
@@ -133,7 +157,7 @@ def _activation(node: Node, graph: Graph) -> dict[str, Any] | None:
 
 
 def _make_stages(graph: Graph, groups: list[tuple[str, list[Node]]], graph_outputs: list[str],
-                 mvms: dict[str, MVM]) -> list[Stage]:
+                 mvms: dict[str, MVM], recurrent: dict[str, Recurrent]) -> list[Stage]:
     read_after: list[set[str]] = []  # tensors read by stages after index i, plus graph outputs
     later = set(graph_outputs)
     for _, nodes in reversed(groups):
@@ -142,9 +166,11 @@ def _make_stages(graph: Graph, groups: list[tuple[str, list[Node]]], graph_outpu
             later.update(node_reads(n))
     read_after.reverse()
     stages = []
-    counts = {"host": 0, "analog": 0}
+    counts = {"host": 0, "analog": 0, "recurrent": 0}
     for (kind, nodes), needed in zip(groups, read_after, strict=True):
         writes = [o for n in nodes for o in ([mvms[n.name].output] if kind == "analog" else n.outputs) if o]
+        if kind == "recurrent":
+            writes = [o for o in recurrent[nodes[0].name].outputs if o]
         produced = set(writes)
         reads = list(dict.fromkeys(t for n in nodes for t in node_reads(n)))
         inputs = [t for t in reads if t not in produced and t not in graph.constants]

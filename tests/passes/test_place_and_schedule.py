@@ -93,7 +93,7 @@ def _check_schedule(prog) -> None:  # type: ignore[no-untyped-def]
             busy[r].append((t["start_ns"], t["end_ns"], t["id"]))
     for r, spans in busy.items():  # no link, tile or host does two things at once
         spans.sort()
-        for (s0, e0, a), (s1, e1, b) in zip(spans, spans[1:]):
+        for (_, e0, a), (s1, _, b) in zip(spans, spans[1:], strict=False):
             assert e0 <= s1, f"{r}: {a} and {b} overlap"
     assert sched["latency_ns"] == max(t["end_ns"] for t in timeline.values())
     assert sched["latency_ns"] <= sched["greedy_latency_ns"]

@@ -1,0 +1,251 @@
+"""Recurrent layers (ONNX LSTM, GRU, RNN) lowered to cells: analog MVMs per time step, gates on the host.
+
+Per direction the weights become crossbar matrices and the gate arithmetic a
+small ONNX model run on the host once per time step:
+- LSTM and RNN: one stacked matrix [W; R]^T ((input + hidden) rows x gates *
+  hidden columns), driven by [x_t, h_{t-1}]; the cell model adds the biases
+  and computes the gates (activations, clip, peepholes, input_forget).
+- GRU: [[W_z W_r]; [R_z R_r]]^T driven by [x_t, h_{t-1}], W_h^T driven by x_t,
+  and R_h^T driven by r_t * h_{t-1} (or h_{t-1} when linear_before_reset),
+  with two host phases around the last product.
+A cell is a list of steps over a per-step environment holding "x", "h", "c":
+("concat", out, [a, b]), ("mvm", mvm node, in, out), ("host", model index,
+[inputs], [outputs]). The simulator (backends/simulator.py) runs it per
+time step with sequence_lens masking, both directions, both layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.ir import Graph, Node
+from compiler.program import MVM, Matrix
+
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+_DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_CELL_OPSET = 17
+
+
+@dataclass
+class Cell:
+    """One direction of a recurrent layer: its steps and its host models."""
+
+    steps: list[tuple[Any, ...]]
+    models: list[onnx.ModelProto] = field(repr=False)
+
+
+@dataclass
+class Recurrent:
+    """A lowered LSTM/GRU/RNN node."""
+
+    node: str
+    op_type: str
+    hidden: int
+    layout: int
+    directions: list[str]  # "forward" / "reverse", in output order
+    x: str
+    sequence_lens: str  # "" when absent
+    initial_h: str
+    initial_c: str
+    outputs: list[str]  # Y, Y_h, Y_c ("" when absent)
+    cells: list[Cell]
+    constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # initial states given as constants
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "op_type": self.op_type, "hidden": self.hidden, "layout": self.layout,
+                "directions": self.directions, "x": self.x, "sequence_lens": self.sequence_lens,
+                "initial_h": self.initial_h, "initial_c": self.initial_c, "outputs": self.outputs,
+                "cells": [[list(s) for s in c.steps] for c in self.cells],
+                "constants": sorted(self.constants)}
+
+
+def lower_recurrent(node: Node, graph: Graph) -> tuple[Recurrent, list[MVM], list[Matrix]] | str:
+    """The cell, MVMs and matrices of a recurrent node, or why it stays on the host."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_OPS:
+        return "not a recurrent layer"
+    ins = list(node.inputs) + [""] * (8 - len(node.inputs))
+    w, r = graph.constants.get(ins[1]), graph.constants.get(ins[2])
+    if w is None or r is None:
+        return "its W or R weights are not constants"
+    if w.dtype != np.float32:
+        return f"weights are {w.dtype}, crossbars take float32"
+    b = graph.constants.get(ins[3]) if ins[3] else None
+    if ins[3] and b is None:
+        return "its bias B is not a constant"
+    peep = graph.constants.get(ins[7]) if node.op_type == "LSTM" and ins[7] else None
+    if node.op_type == "LSTM" and ins[7] and peep is None:
+        return "its peepholes P are not a constant"
+    info = graph.info(ins[0])
+    if info is None or info.elem_type != TensorProto.FLOAT:
+        return "its input is not float32"
+    hidden = int(node.attrs.get("hidden_size", r.shape[-1]))
+    direction = _s(node.attrs.get("direction", "forward"))
+    dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+    acts = [_s(a) for a in node.attrs.get("activations", [])] or _DEFAULT_ACTS[node.op_type] * len(dirs)
+    alphas, betas = list(node.attrs.get("activation_alpha", [])), list(node.attrs.get("activation_beta", []))
+    n_act = len(_DEFAULT_ACTS[node.op_type])
+    g = _GATES[node.op_type]
+    cells, mvms, mats = [], [], []
+    for d in range(len(dirs)):
+        wd, rd = w[d], r[d]  # (g*H, I), (g*H, H)
+        bd = b[d] if b is not None else np.zeros(2 * g * hidden, np.float32)
+        act = [(acts[d * n_act + i], _pick(alphas, d * n_act + i), _pick(betas, d * n_act + i))
+               for i in range(n_act)]
+        prefix = f"{node.name}/d{d}"
+        if node.op_type in ("LSTM", "RNN"):
+            stacked = np.concatenate([wd.T, rd.T]).astype(np.float32)  # (I + H) x g*H
+            mvm, mat = _mvm(node, f"{prefix}/WR", stacked, "v", "z")
+            model = (_lstm_model if node.op_type == "LSTM" else _rnn_model)(node, bd, hidden, act, peep, d)
+            steps = [("concat", "v", ["x", "h"]), ("mvm", mvm.node, "v", "z"), ("host", 0, ["z", "h", "c"],
+                                                                                     ["h_new", "c_new"])]
+            cells.append(Cell(steps, [model]))
+            mvms.append(mvm)
+            mats.append(mat)
+        else:
+            wz_r = np.concatenate([wd[:2 * hidden].T, rd[:2 * hidden].T]).astype(np.float32)
+            m1, a1 = _mvm(node, f"{prefix}/WRzr", wz_r, "v", "zr")
+            m2, a2 = _mvm(node, f"{prefix}/Wh", np.ascontiguousarray(wd[2 * hidden:].T), "x", "xh")
+            m3, a3 = _mvm(node, f"{prefix}/Rh", np.ascontiguousarray(rd[2 * hidden:].T), "hr", "rh")
+            lbr = int(node.attrs.get("linear_before_reset", 0))
+            first, second = _gru_models(node, bd, hidden, act, lbr)
+            steps = [("concat", "v", ["x", "h"]), ("mvm", m1.node, "v", "zr"), ("mvm", m2.node, "x", "xh"),
+                     ("host", 0, ["zr", "h"], ["z", "r", "hr"]), ("mvm", m3.node, "hr", "rh"),
+                     ("host", 1, ["z", "r", "xh", "rh", "h"], ["h_new", "c_new"])]
+            cells.append(Cell(steps, [first, second]))
+            mvms += [m1, m2, m3]
+            mats += [a1, a2, a3]
+    outputs = list(node.outputs) + [""] * (3 - len(node.outputs))
+    rec = Recurrent(node.name, node.op_type, hidden, int(node.attrs.get("layout", 0)), dirs, ins[0],
+                    ins[4], ins[5], ins[6] if node.op_type == "LSTM" else "", outputs[:3], cells)
+    for name in (rec.sequence_lens, rec.initial_h, rec.initial_c):
+        if name and name in graph.constants:
+            rec.constants[name] = graph.constants[name]
+    return rec, mvms, mats
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _pick(values: list[float], i: int) -> float | None:
+    return float(values[i]) if i < len(values) else None
+
+
+def _mvm(node: Node, name: str, w: np.ndarray, x: str, y: str) -> tuple[MVM, Matrix]:
+    mvm = MVM(name, node.op_type, "dense", f"{name}:{x}", f"{name}:{y}", [name],
+              params={"x_transpose": False, "y_transpose": False, "squeeze": False, "recurrent": node.name})
+    return mvm, Matrix(name, name, 0, np.ascontiguousarray(w, dtype=np.float32))
+
+
+class _Builder:
+    """A tiny ONNX graph builder for the cell models."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.n = 0
+
+    def const(self, value: np.ndarray) -> str:
+        name = f"k{len(self.inits)}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def op(self, op: str, *ins: str, **attrs: Any) -> str:
+        self.n += 1
+        out = f"t{self.n}"
+        self.nodes.append(helper.make_node(op, list(ins), [out], **attrs))
+        return out
+
+    def slice(self, x: str, k: int, hidden: int) -> str:
+        return self.op("Slice", x, self.const_i([k * hidden]), self.const_i([(k + 1) * hidden]), self.const_i([1]))
+
+    def const_i(self, value: list[int]) -> str:
+        name = f"k{len(self.inits)}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
+    def act(self, x: str, spec: tuple[str, float | None, float | None]) -> str:
+        name, alpha, beta = spec
+        if name in ("Sigmoid", "Tanh", "Relu", "Softsign", "Softplus"):
+            return self.op(name, x)
+        if name == "Affine":
+            return self.op("Add", self.op("Mul", x, self.const(np.float32(alpha))), self.const(np.float32(beta)))
+        if name == "ScaledTanh":
+            return self.op("Mul", self.op("Tanh", self.op("Mul", x, self.const(np.float32(beta)))),
+                           self.const(np.float32(alpha)))
+        kw = {} if alpha is None else {"alpha": alpha}
+        if name == "HardSigmoid" and beta is not None:
+            kw["beta"] = beta
+        return self.op(name, x, **kw)  # LeakyRelu, ThresholdedRelu, HardSigmoid, Elu
+
+    def clip(self, x: str, node: Node) -> str:
+        c = node.attrs.get("clip")
+        if c is None:
+            return x
+        return self.op("Clip", x, self.const(np.float32(-c)), self.const(np.float32(c)))
+
+    def model(self, inputs: list[str], outputs: list[tuple[str, str]]) -> onnx.ModelProto:
+        ins = [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in inputs]
+        for new, old in outputs:
+            self.nodes.append(helper.make_node("Identity", [old], [new]))
+        outs = [helper.make_tensor_value_info(new, TensorProto.FLOAT, None) for new, _ in outputs]
+        m = helper.make_model(helper.make_graph(self.nodes, "cell", ins, outs, self.inits),
+                              opset_imports=[helper.make_opsetid("", _CELL_OPSET)], producer_name="anac")
+        m.ir_version = 8
+        return m
+
+
+def _lstm_model(node: Node, b: np.ndarray, hidden: int, act: list[Any], peep: np.ndarray | None,
+                d: int) -> onnx.ModelProto:
+    g = _Builder()
+    z = g.op("Add", "z", g.const(b[:4 * hidden] + b[4 * hidden:]))
+    i, o, f, c = (g.slice(z, k, hidden) for k in range(4))  # ONNX gate order: i, o, f, c
+    p = peep[d] if peep is not None else None
+    if p is not None:
+        i = g.op("Add", i, g.op("Mul", "c", g.const(p[:hidden])))
+        f = g.op("Add", f, g.op("Mul", "c", g.const(p[2 * hidden:])))
+    it = g.act(g.clip(i, node), act[0])
+    if int(node.attrs.get("input_forget", 0)):
+        ft = g.op("Sub", g.const(np.float32(1.0)), it)
+    else:
+        ft = g.act(g.clip(f, node), act[0])
+    ct = g.act(g.clip(c, node), act[1])
+    c_new = g.op("Add", g.op("Mul", ft, "c"), g.op("Mul", it, ct))
+    if p is not None:
+        o = g.op("Add", o, g.op("Mul", c_new, g.const(p[hidden:2 * hidden])))
+    ot = g.act(g.clip(o, node), act[0])
+    h_new = g.op("Mul", ot, g.act(c_new, act[2]))
+    return g.model(["z", "h", "c"], [("h_new", h_new), ("c_new", c_new)])
+
+
+def _rnn_model(node: Node, b: np.ndarray, hidden: int, act: list[Any], peep: Any, d: int) -> onnx.ModelProto:
+    g = _Builder()
+    z = g.op("Add", "z", g.const(b[:hidden] + b[hidden:]))
+    h_new = g.act(g.clip(z, node), act[0])
+    return g.model(["z", "h", "c"], [("h_new", h_new), ("c_new", "c")])
+
+
+def _gru_models(node: Node, b: np.ndarray, hidden: int, act: list[Any], lbr: int) -> tuple[onnx.ModelProto, ...]:
+    wb, rb = b[:3 * hidden], b[3 * hidden:]
+    g1 = _Builder()
+    zr = g1.op("Add", "zr", g1.const(wb[:2 * hidden] + rb[:2 * hidden]))
+    z = g1.act(g1.clip(g1.slice(zr, 0, hidden), node), act[0])
+    r = g1.act(g1.clip(g1.slice(zr, 1, hidden), node), act[0])
+    hr = "h" if lbr else g1.op("Mul", r, "h")
+    first = g1.model(["zr", "h"], [("z", z), ("r", r), ("hr", hr)])
+    g2 = _Builder()
+    if lbr:  # h~ = g(x Wh + Wbh + r * (h Rh + Rbh))
+        pre = g2.op("Add", g2.op("Add", "xh", g2.const(wb[2 * hidden:])),
+                    g2.op("Mul", "r", g2.op("Add", "rh", g2.const(rb[2 * hidden:]))))
+    else:  # h~ = g(x Wh + (r * h) Rh + Rbh + Wbh)
+        pre = g2.op("Add", g2.op("Add", "xh", "rh"), g2.const(wb[2 * hidden:] + rb[2 * hidden:]))
+    ht = g2.act(g2.clip(pre, node), act[1])
+    one_minus_z = g2.op("Sub", g2.const(np.float32(1.0)), "z")
+    h_new = g2.op("Add", g2.op("Mul", one_minus_z, ht), g2.op("Mul", "z", "h"))
+    return first, g2.model(["z", "r", "xh", "rh", "h"], [("h_new", h_new), ("c_new", "h")])
