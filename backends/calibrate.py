@@ -68,10 +68,13 @@ def _random_batches(prog: Program, seed: int) -> Iterator[dict[str, np.ndarray]]
     for _ in range(FALLBACK_DRAWS):
         batch = {}
         for t in prog.inputs:
-            if not np.issubdtype(t.dtype, np.floating):
+            if np.issubdtype(t.dtype, np.floating):
+                batch[t.name] = rng.standard_normal(t.shape).astype(t.dtype)  # type: ignore[arg-type]
+            elif np.issubdtype(t.dtype, np.integer):  # small values: valid indices into most tables
+                batch[t.name] = rng.integers(0, 4, t.shape).astype(t.dtype)  # type: ignore[arg-type]
+            else:
                 raise InputError(f"input '{t.name}' is {t.dtype}: random calibration inputs cannot stand in for "
                                  f"it; give --calibration-data")
-            batch[t.name] = rng.standard_normal(t.shape).astype(t.dtype)  # type: ignore[arg-type]
         yield batch
 
 
@@ -89,17 +92,14 @@ def calibration_batches(prog: Program, data: Mapping[str, np.ndarray]) -> Iterat
                          + "; ".join(p for p in (f"missing {', '.join(missing)}" if missing else "",
                                                  f"unknown {', '.join(extra)}" if extra else "") if p)
                          + f"; the model takes {', '.join(names)}")
-    samples = set()
+    batches = 1
     for t in prog.inputs:
         a, shape = arrays[t.name], tuple(t.shape)  # type: ignore[arg-type]
         if a.ndim != len(shape) or a.shape[1:] != shape[1:] or a.dtype != t.dtype or a.shape[0] == 0:
             raise InputError(f"calibration array '{t.name}' is {a.dtype} {list(a.shape)}; the program takes "
                              f"{t.dtype} batches of {list(shape)} (samples on the first axis)")
-        samples.add(a.shape[0] // shape[0] * shape[0] if a.shape[0] >= shape[0] else a.shape[0])
-    if len(samples) != 1:
-        raise InputError(f"calibration arrays hold different numbers of samples ({sorted(samples)})")
-    n = samples.pop()
-    batch = prog.inputs[0].shape[0] if prog.inputs and prog.inputs[0].shape else 1
-    for i in range(-(-n // batch)):  # type: ignore[operator]
-        idx = np.arange(i * batch, (i + 1) * batch) % n  # type: ignore[operator]
-        yield check_inputs(prog.inputs, {t.name: arrays[t.name][idx] for t in prog.inputs})
+        batches = max(batches, -(-a.shape[0] // shape[0]))
+    for i in range(batches):
+        yield check_inputs(prog.inputs, {t.name: arrays[t.name][np.arange(i * t.shape[0], (i + 1) * t.shape[0])
+                                                                 % len(arrays[t.name])]  # type: ignore[index]
+                                         for t in prog.inputs})

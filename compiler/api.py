@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,8 @@ __all__ = ["PIPELINE", "Simulator", "calibrate", "check", "compile_model", "comp
            "simulate", "summary", "verify"]
 
 
+log = logging.getLogger(__name__)
+
 _BUDGETS = ("chips", "tiles", "pcm_per_weight")
 _CAPACITY_RETRIES = 3
 
@@ -53,11 +58,18 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
     budgeted = any(options.get(k) is not None for k in _BUDGETS)
     if (budgeted and options.get("sensitivity") is None) or (options.get("prune") and calibration_data is not None):
         model = load_onnx(model) if not isinstance(model, onnx.ModelProto) else model
-        probe = driver.compile_model(model, **{**kwargs, "options": {k: v for k, v in options.items()
-                                                                       if k not in (*_BUDGETS, "prune")}})
+        hw = kwargs.get("hardware")
+        unbounded = replace(hw if isinstance(hw, HardwareSpec) else load_hardware(hw), max_chips=None)
+        probe = driver.compile_model(model, **{**kwargs, "hardware": unbounded,  # measure before fitting
+                                               "options": {k: v for k, v in options.items()
+                                                           if k not in (*_BUDGETS, "prune")},
+                                               "pipeline": PIPELINE[:5]})
         layer_inputs = _layer_inputs(probe, calibration_data) if calibration_data is not None else None
         if budgeted and options.get("sensitivity") is None:
+            log.info("measuring the sensitivity of %d crossbar layers to each encoding", len(probe.mvms or {}))
+            t0 = time.perf_counter()
             options["sensitivity"] = layer_sensitivity(probe, layer_inputs)
+            log.info("sensitivity measured (%.1f s)", time.perf_counter() - t0)
         if options.get("prune") and layer_inputs is not None:
             options["row_scale"] = {k: np.sqrt(np.mean(np.square(v, dtype=np.float64), axis=0))
                                     for k, v in layer_inputs.items()

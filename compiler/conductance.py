@@ -51,12 +51,18 @@ def clip_weights(w: np.ndarray, clip_sigma: float | None) -> np.ndarray:
 
 
 def device_targets(w: np.ndarray, encoding: Encoding, g_max: float, per_column: bool = False,
-                   clip_sigma: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Target conductances (D x r x c, uS) and per-column scales (c,) of a weight slice."""
+                   clip_sigma: float | None = None, absmax: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Target conductances (D x r x c, uS) and per-column scales (c,) of a weight slice.
+
+    ``absmax`` overrides the slice's own largest magnitude (per-tile scale only).
+    """
     w = clip_weights(np.asarray(w, np.float32), clip_sigma)
-    absmax = np.abs(w).max(axis=0) if per_column else np.full(w.shape[1], np.abs(w).max(), np.float32)
-    absmax = np.where(absmax > 0, absmax, 1.0).astype(np.float32)
-    scale = (headroom(encoding) * g_max / absmax).astype(np.float32)
+    if per_column:
+        peak = np.abs(w).max(axis=0)
+    else:
+        peak = np.full(w.shape[1], np.abs(w).max() if absmax is None else absmax, np.float32)
+    peak = np.where(peak > 0, peak, 1.0).astype(np.float32)
+    scale = (headroom(encoding) * g_max / peak).astype(np.float32)
     sw = w * scale  # in uS, within +-headroom * Gmax
     d = encoding.devices_per_weight
     if d == 1:

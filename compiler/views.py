@@ -89,6 +89,8 @@ def render_text(prog: Program) -> str:
             how += f", estimated error {a['estimated_error']:.4g}"
         lines.append("encodings: " + ", ".join(f"{n} layer(s) {e}" for e, n in sorted(counts.items()))
                      + f" ({how})")
+        for enc in sorted(counts):
+            lines.append(f"  {enc}: " + ", ".join(sorted(n for n, e in a["encodings"].items() if e == enc)))
     p = table["placement"] or {}
     if "link_bytes" in p:
         g = p.get("greedy", {})
