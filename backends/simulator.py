@@ -206,10 +206,11 @@ class Simulator:
                 return None
             return np.asarray(rec.constants[name] if name in rec.constants else env[name])
 
-        x = np.asarray(env[rec.x], np.float32)
+        x = np.asarray(value(rec.x))
+        x = x if rec.absorbed else x.astype(np.float32)
         if rec.layout:
             x = np.swapaxes(x, 0, 1)  # (batch, seq, in) -> (seq, batch, in)
-        seq, batch, hidden = x.shape[0], x.shape[1], rec.hidden
+        seq, batch, hidden = x.shape[0], x.shape[1], rec.hidden  # (seq, batch) token indices when absorbed
         lens = value(rec.sequence_lens)
         lens = np.full(batch, seq) if lens is None else lens.astype(np.int64)
         h0, c0 = value(rec.initial_h), value(rec.initial_c)
@@ -221,14 +222,18 @@ class Simulator:
         y_h = np.zeros((ndir, batch, hidden), np.float32)
         y_c = np.zeros((ndir, batch, hidden), np.float32)
         for d, (direction, cell) in enumerate(zip(rec.directions, rec.cells, strict=True)):
+            # An absorbed embedding: the tokens index the table premultiplied by this direction's W.
+            xd = rec.constants[f"table_d{d}"][x] if rec.absorbed else x
             h = np.zeros((batch, hidden), np.float32) if h0 is None else h0[d].astype(np.float32)
             c = np.zeros((batch, hidden), np.float32) if c0 is None else c0[d].astype(np.float32)
             order = range(seq) if direction == "forward" else range(seq - 1, -1, -1)
             for t in order:
-                e: dict[str, np.ndarray] = {"x": x[t], "h": h, "c": c}
+                e: dict[str, np.ndarray] = {"x": xd[t], "h": h, "c": c}
                 for step in cell.steps:
                     if step[0] == "concat":
                         e[step[1]] = np.concatenate([e[a] for a in step[2]], axis=1)
+                    elif step[0] == "add":
+                        e[step[1]] = (e[step[2][0]] + e[step[2][1]]).astype(np.float32)
                     elif step[0] == "mvm":
                         e[step[3]] = self._run_mvm(self.prog.mvms[step[1]], e[step[2]])  # type: ignore[index]
                     else:

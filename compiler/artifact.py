@@ -107,6 +107,7 @@ def report_json(prog: Program) -> dict[str, Any]:
                        "slices": len(sl), "tiles": len({(s.chip, s.tile) for s in sl})})
     return {**summary(prog), "layers": layers, "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
             "assignment": prog.assignment, "pruning": prog.pruning, "calibration": prog.calibration,
+            "absorbed_embeddings": {r.node: r.absorbed for r in prog.recurrent.values() if r.absorbed},
             "schedule": {k: v for k, v in (prog.schedule or {}).items() if k != "timeline"},
             "timings_s": {k: round(v, 4) for k, v in prog.timings.items()}}
 
@@ -190,7 +191,7 @@ def _load_recurrent(path: Path, i: int, r: dict[str, Any], arrays: dict[str, np.
         cells.append(Cell([tuple(s) for s in steps], models))
     constants = {name: arrays[f"cell{i}_const{j}"] for j, name in enumerate(r["constants"])}
     return Recurrent(r["node"], r["op_type"], r["hidden"], r["layout"], r["directions"], r["x"], r["sequence_lens"],
-                     r["initial_h"], r["initial_c"], r["outputs"], cells, constants)
+                     r["initial_h"], r["initial_c"], r["outputs"], cells, constants, r["absorbed"])
 
 
 def _write_npz(path: Path, arrays: list[tuple[str, np.ndarray]]) -> None:

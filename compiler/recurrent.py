@@ -56,16 +56,41 @@ class Recurrent:
     outputs: list[str]  # Y, Y_h, Y_c ("" when absent)
     cells: list[Cell]
     constants: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # initial states given as constants
+    # An embedding absorbed into the input matrix: {"gather": node, "vocab": V, "input": I, "rows_saved": I};
+    # then ``x`` is the token indices and constants["table_d<d>"] = Emb @ W_d^T (V x gates*hidden) on the host.
+    absorbed: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "hidden": self.hidden, "layout": self.layout,
                 "directions": self.directions, "x": self.x, "sequence_lens": self.sequence_lens,
                 "initial_h": self.initial_h, "initial_c": self.initial_c, "outputs": self.outputs,
                 "cells": [[list(s) for s in c.steps] for c in self.cells],
-                "constants": sorted(self.constants)}
+                "constants": sorted(self.constants), "absorbed": self.absorbed}
 
 
-def lower_recurrent(node: Node, graph: Graph) -> tuple[Recurrent, list[MVM], list[Matrix]] | str:
+def absorbable_embedding(node: Node, graph: Graph) -> Node | None:
+    """A Gather on a constant table that only feeds ``node`` and has fewer rows than the layer has inputs.
+
+    Premultiplying the table by the input matrix (Emb @ W^T, as the paper did for
+    the RNN-T decoder) then removes the input rows from the crossbar: it saves
+    devices exactly when the vocabulary is smaller than the input width.
+    """
+    if node.op_type not in ("LSTM", "RNN") or not node.inputs:
+        return None
+    gather = graph.producers().get(node.inputs[0])
+    if gather is None or gather.op_type != "Gather" or gather.domain not in ("", "ai.onnx"):
+        return None
+    table = graph.constants.get(gather.inputs[0])
+    users = graph.consumers().get(node.inputs[0], [])
+    if table is None or table.ndim != 2 or int(gather.attrs.get("axis", 0)) != 0 or len(users) != 1:
+        return None
+    if node.inputs[0] in {t.name for t in graph.outputs} or int(node.attrs.get("layout", 0)) != 0:
+        return None
+    return gather if table.shape[0] < table.shape[1] else None
+
+
+def lower_recurrent(node: Node, graph: Graph, embedding: Node | None = None
+                    ) -> tuple[Recurrent, list[MVM], list[Matrix]] | str:
     """The cell, MVMs and matrices of a recurrent node, or why it stays on the host."""
     if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_OPS:
         return "not a recurrent layer"
@@ -99,11 +124,16 @@ def lower_recurrent(node: Node, graph: Graph) -> tuple[Recurrent, list[MVM], lis
                for i in range(n_act)]
         prefix = f"{node.name}/d{d}"
         if node.op_type in ("LSTM", "RNN"):
-            stacked = np.concatenate([wd.T, rd.T]).astype(np.float32)  # (I + H) x g*H
-            mvm, mat = _mvm(node, f"{prefix}/WR", stacked, "v", "z")
             model = (_lstm_model if node.op_type == "LSTM" else _rnn_model)(node, bd, hidden, act, peep, d)
-            steps = [("concat", "v", ["x", "h"]), ("mvm", mvm.node, "v", "z"), ("host", 0, ["z", "h", "c"],
-                                                                                     ["h_new", "c_new"])]
+            if embedding is not None:  # x W^T comes from the premultiplied table; only R is on the crossbar
+                mvm, mat = _mvm(node, f"{prefix}/R", np.ascontiguousarray(rd.T), "h", "zh")
+                steps = [("mvm", mvm.node, "h", "zh"), ("add", "z", ["x", "zh"]),
+                         ("host", 0, ["z", "h", "c"], ["h_new", "c_new"])]
+            else:
+                stacked = np.concatenate([wd.T, rd.T]).astype(np.float32)  # (I + H) x g*H
+                mvm, mat = _mvm(node, f"{prefix}/WR", stacked, "v", "z")
+                steps = [("concat", "v", ["x", "h"]), ("mvm", mvm.node, "v", "z"),
+                         ("host", 0, ["z", "h", "c"], ["h_new", "c_new"])]
             cells.append(Cell(steps, [model]))
             mvms.append(mvm)
             mats.append(mat)
@@ -126,6 +156,13 @@ def lower_recurrent(node: Node, graph: Graph) -> tuple[Recurrent, list[MVM], lis
     for name in (rec.sequence_lens, rec.initial_h, rec.initial_c):
         if name and name in graph.constants:
             rec.constants[name] = graph.constants[name]
+    if embedding is not None:
+        table = graph.constants[embedding.inputs[0]].astype(np.float64)
+        for d in range(len(dirs)):
+            rec.constants[f"table_d{d}"] = (table @ w[d].T.astype(np.float64)).astype(np.float32)
+        rec.x = embedding.inputs[1]
+        rec.absorbed = {"gather": embedding.name, "vocab": int(table.shape[0]), "input": int(table.shape[1]),
+                        "rows_saved": int(table.shape[1])}
     return rec, mvms, mats
 
 

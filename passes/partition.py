@@ -21,7 +21,7 @@ from compiler.errors import ShapeError
 from compiler.ir import Graph, Node, node_reads
 from compiler.lowering import lower
 from compiler.program import MVM, Matrix, Program, Stage
-from compiler.recurrent import RECURRENT_OPS, Recurrent, lower_recurrent
+from compiler.recurrent import RECURRENT_OPS, Recurrent, absorbable_embedding, lower_recurrent
 
 # Host stage models never go below this IR version: initializers need not be graph inputs from IR 4 on.
 _MIN_HOST_IR = 7
@@ -40,12 +40,16 @@ class Partition:
         mvms: dict[str, MVM] = {}
         matrices: dict[str, Matrix] = {}
         recurrent: dict[str, Recurrent] = {}
+        absorbed: dict[str, str] = {}  # embedding Gather -> the recurrent layer that absorbed it
         for node in graph.nodes:
             if node.op_type in RECURRENT_OPS:
-                cell = lower_recurrent(node, graph)
+                embedding = absorbable_embedding(node, graph)
+                cell = lower_recurrent(node, graph, embedding)
                 if not isinstance(cell, str):
                     rec, rec_mvms, mats = cell
                     recurrent[node.name] = rec
+                    if embedding is not None:
+                        absorbed[embedding.name] = node.name
                     mvms.update((m.node, m) for m in rec_mvms)
                     matrices.update((m.id, m) for m in mats)
                 continue
@@ -60,6 +64,9 @@ class Partition:
         for node in graph.nodes:
             if node.name in fused:  # runs at its MVM's tile outputs, in the same analog stage
                 level[node.outputs[0]] = level[fused[node.name]]
+                continue
+            if node.name in absorbed:  # its premultiplied table is looked up inside the recurrent stage
+                level[node.outputs[0]] = max((level.get(t, 0) for t in node_reads(node)), default=0)
                 continue
             analog = node.name in mvms or node.name in recurrent
             d = max((level.get(t, 0) for t in node_reads(node)), default=0) + int(analog)
@@ -173,6 +180,9 @@ def _make_stages(graph: Graph, groups: list[tuple[str, list[Node]]], graph_outpu
             writes = [o for o in recurrent[nodes[0].name].outputs if o]
         produced = set(writes)
         reads = list(dict.fromkeys(t for n in nodes for t in node_reads(n)))
+        if kind == "recurrent":
+            rec = recurrent[nodes[0].name]
+            reads = [t for t in (rec.x, rec.sequence_lens, rec.initial_h, rec.initial_c) if t]
         inputs = [t for t in reads if t not in produced and t not in graph.constants]
         outputs = [o for o in writes if o in needed]
         name = f"{kind}{counts[kind]}"

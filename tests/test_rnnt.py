@@ -42,3 +42,30 @@ def test_rnnt_small_hardware_mode_at_1s_and_1d() -> None:
     assert [t.label for t in rep.times] == ["1s", "1d"]
     assert all(0 < e < 0.1 for e in errs), errs  # seven LSTM layers of PCM noise and 8-bit I/O
     assert rep.passed
+
+
+def _make_rnnt(**size: int):  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_rnnt", MODEL.parent / "make_rnnt.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod.build({**mod.SMALL, **size})
+
+
+def test_embedding_is_absorbed_when_it_saves_devices(tmp_path: Path) -> None:
+    import json
+
+    from compiler.api import save_program
+
+    model = _make_rnnt(pred=40)  # 28 tokens < 40 inputs: Emb @ W^T replaces 40 crossbar rows
+    prog = compile_model(model, input_shapes=SHAPES)
+    assert prog.recurrent["pred1"].absorbed == {"gather": "pred.emb", "vocab": 28, "input": 40, "rows_saved": 40}
+    assert prog.matrices["pred1/d0/R"].shape == (40, 160) and "pred1/d0/WR" not in prog.matrices
+    assert all("pred.emb" not in s.nodes for s in prog.stages)
+    report = verify(model, program=prog, inputs=_inputs())
+    assert report.passed, report.to_json()
+    saved = json.loads((save_program(prog, tmp_path / "r.anac") / "report.json").read_text())
+    assert saved["absorbed_embeddings"]["pred1"]["rows_saved"] == 40
+    # The small model's 28-token table is wider than its 10 inputs: absorbing would cost devices.
+    assert compile_model(MODEL, input_shapes=SHAPES).recurrent["pred1"].absorbed is None
