@@ -115,13 +115,15 @@ def lower_recurrent(node: Node, graph: Graph, embedding: Node | None = None
     acts = [_s(a) for a in node.attrs.get("activations", [])] or _DEFAULT_ACTS[node.op_type] * len(dirs)
     alphas, betas = list(node.attrs.get("activation_alpha", [])), list(node.attrs.get("activation_beta", []))
     n_act = len(_DEFAULT_ACTS[node.op_type])
+    if len(acts) < n_act * len(dirs):
+        return f"its activations list has {len(acts)} entries; {direction} {node.op_type} needs {n_act * len(dirs)}"
     g = _GATES[node.op_type]
+    params = _activation_params(acts[:n_act * len(dirs)], alphas, betas)
     cells, mvms, mats = [], [], []
     for d in range(len(dirs)):
         wd, rd = w[d], r[d]  # (g*H, I), (g*H, H)
         bd = b[d] if b is not None else np.zeros(2 * g * hidden, np.float32)
-        act = [(acts[d * n_act + i], _pick(alphas, d * n_act + i), _pick(betas, d * n_act + i))
-               for i in range(n_act)]
+        act = params[d * n_act:(d + 1) * n_act]
         prefix = f"{node.name}/d{d}"
         if node.op_type in ("LSTM", "RNN"):
             model = (_lstm_model if node.op_type == "LSTM" else _rnn_model)(node, bd, hidden, act, peep, d)
@@ -170,8 +172,22 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _pick(values: list[float], i: int) -> float | None:
-    return float(values[i]) if i < len(values) else None
+_USES_ALPHA = ("Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid", "Elu")
+_USES_BETA = ("Affine", "ScaledTanh", "HardSigmoid")
+
+
+def _activation_params(acts: list[str], alphas: list[float], betas: list[float]
+                       ) -> list[tuple[str, float | None, float | None]]:
+    """(name, alpha, beta) per activation: the alpha and beta lists are consumed, in order, only by the
+    activations that take them (as onnxruntime reads them)."""
+    out, ia, ib = [], 0, 0
+    for a in acts:
+        alpha = float(alphas[ia]) if a in _USES_ALPHA and ia < len(alphas) else None
+        beta = float(betas[ib]) if a in _USES_BETA and ib < len(betas) else None
+        ia += a in _USES_ALPHA and ia < len(alphas)
+        ib += a in _USES_BETA and ib < len(betas)
+        out.append((a, alpha, beta))
+    return out
 
 
 def _mvm(node: Node, name: str, w: np.ndarray, x: str, y: str) -> tuple[MVM, Matrix]:

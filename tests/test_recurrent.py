@@ -57,3 +57,27 @@ def test_recurrent_layer_runs_as_a_cell_and_matches_onnxruntime(name: str, tmp_p
         return  # onnxruntime 1.32 refuses layout=1 ("Batchwise recurrent operations are not supported")
     report = verify(bound_model, program=saved, inputs=feeds)
     assert report.passed, report.to_json()
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("LSTM", {"activations": ["HardSigmoid", "Tanh", "Relu"], "activation_alpha": [0.3, 1.0, 1.0],
+              "activation_beta": [0.4, 1.0, 1.0], "clip": 0.8, "input_forget": 1}),
+    ("GRU", {"activations": ["Sigmoid", "LeakyRelu"] * 2, "activation_alpha": [1.0, 0.1] * 2, "clip": 1.5,
+             "linear_before_reset": 1, "direction": "bidirectional"}),
+    ("RNN", {"activations": ["Relu"], "direction": "reverse"}),
+])
+def test_activation_clip_and_gate_options_match_onnxruntime(op: str, attrs: dict, rng: np.random.Generator) -> None:  # type: ignore[type-arg]
+    from helpers import const, make_model, node, tensor
+
+    hidden, n_in, dirs = 6, 5, 2 if attrs.get("direction") == "bidirectional" else 1
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    w = (rng.standard_normal((dirs, gates * hidden, n_in)) * 0.5).astype(np.float32)
+    r = (rng.standard_normal((dirs, gates * hidden, hidden)) * 0.5).astype(np.float32)
+    b = (rng.standard_normal((dirs, 2 * gates * hidden)) * 0.1).astype(np.float32)
+    lens = np.array([7, 4, 1], np.int32)
+    model = make_model([node(op, ["x", "w", "r", "b", "lens"], ["y", "y_h"], name="rec", hidden_size=hidden, **attrs)],
+                       [tensor("x", [7, 3, n_in])],
+                       [tensor("y", [7, dirs, 3, hidden]), tensor("y_h", [dirs, 3, hidden])],
+                       [const("w", w), const("r", r), const("b", b), const("lens", lens)])
+    report = verify(model, inputs={"x": rng.standard_normal((7, 3, n_in)).astype(np.float32)})
+    assert report.passed and all(o.rel_err <= 1e-5 for o in report.outputs.values()), report.to_json()
