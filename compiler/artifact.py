@@ -26,6 +26,7 @@ import onnx
 
 from compiler import __version__
 from compiler.errors import ArtifactError
+from compiler.estimates import energy
 from compiler.hardware import HardwareSpec
 from compiler.ir import Graph, TensorInfo
 from compiler.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
@@ -109,6 +110,7 @@ def report_json(prog: Program) -> dict[str, Any]:
             "assignment": prog.assignment, "pruning": prog.pruning, "calibration": prog.calibration,
             "absorbed_embeddings": {r.node: r.absorbed for r in prog.recurrent.values() if r.absorbed},
             "schedule": {k: v for k, v in (prog.schedule or {}).items() if k != "timeline"},
+            "energy": energy(prog) if prog.slices is not None and prog.stages is not None else None,
             "timings_s": {k: round(v, 4) for k, v in prog.timings.items()}}
 
 

@@ -170,14 +170,33 @@ def check_cmd(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
 
 @main.command("inspect")
 @click.argument("program", type=click.Path(file_okay=False))
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
+              help="Write a self-contained HTML report (chip maps, links, timeline, summary).")
+@click.option("--svg", "svg_dir", type=click.Path(file_okay=False), default=None, help="Write the chip maps as SVG.")
+@click.option("--verify-json", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Output of `anac verify --mode hardware --json` to chart in the HTML report.")
 @_json_option
 @_command
-def inspect_cmd(program: str, as_json: bool) -> None:
+def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_json: str | None,
+                as_json: bool) -> None:
     """Show the tile placement of a compiled PROGRAM directory, per chip, and a summary."""
     from compiler.api import load_program
+    from compiler.errors import InputError
+    from compiler.htmlreport import write_html, write_svgs
     from compiler.views import placement_table, render_text
 
     prog = load_program(program)
+    verify = None
+    if verify_json:
+        try:
+            with open(verify_json) as f:
+                verify = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read verify results from {verify_json}: {e}") from None
+    if html_out:
+        log.info("wrote %s", write_html(prog, html_out, verify))
+    if svg_dir:
+        log.info("wrote %d chip map(s) to %s", len(write_svgs(prog, svg_dir)), svg_dir)
     if as_json:
         _json_out(placement_table(prog))
     else:

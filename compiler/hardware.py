@@ -56,6 +56,23 @@ class Links:
 
 
 @dataclass(frozen=True)
+class Energy:
+    """Energy per operation (pJ); the paper gives 20 TOPS/W peak per tile and 12.4 TOPS/W sustained.
+
+    One multiply-accumulate is two operations, so 20 TOPS/W is 0.1 pJ per MAC. The I/O,
+    link and host figures are inferred (the paper does not break them down): set them
+    from measurements of the system at hand.
+    """
+
+    mac_pj: float = 0.1  # analog MAC in the crossbar, periphery included (20 TOPS/W peak per tile)
+    io_pj_per_byte: float = 2.0  # ILP/OLP conversion of an 8-bit word in or out of a tile (inferred)
+    link_pj_per_byte: float = 20.0  # a byte over a chip link or to the host (inferred)
+    host_pj_per_element: float = 50.0  # a host operation per output element (inferred)
+    paper_tops_per_w_sustained: float = 12.4
+    paper_tops_per_w_peak_tile: float = 20.0
+
+
+@dataclass(frozen=True)
 class HardwareSpec:
     """One chip family: tiles, crossbar size, encodings, I/O, device model, links."""
 
@@ -68,6 +85,7 @@ class HardwareSpec:
     default_encoding: str
     device: DeviceModel = field(default_factory=DeviceModel)
     links: Links = field(default_factory=Links)
+    energy: Energy = field(default_factory=Energy)
     input_bits: int = 8
     input_encoding: str = "pwm"  # pulse-width modulated durations
     # How signed inputs drive rows: "polarity" = one pass, the sign picks the pulse polarity and the
@@ -224,7 +242,7 @@ def _build(data: dict[str, Any], base: HardwareSpec | None) -> HardwareSpec:
         raise HardwareSpecError(f"unknown hardware field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     if "encodings" in data:
         data["encodings"] = tuple(_sub(Encoding, e, None, "encodings") for e in data["encodings"])
-    for key, cls in (("device", DeviceModel), ("links", Links)):
+    for key, cls in (("device", DeviceModel), ("links", Links), ("energy", Energy)):
         if key in data:
             data[key] = _sub(cls, data[key], getattr(base, key) if base else None, key)
     for key in ("analog_activations", "tile_grid"):

@@ -1,0 +1,196 @@
+"""A self-contained HTML report of a placed program: chip maps, links, timeline, summary, accuracy.
+
+No network access is needed to open it: the SVG pictures and the one small
+script are inline. Each tile is an SVG rect of class "tile" carrying its chip,
+tile, layers and utilisation; each scheduled task a rect of class "task".
+The script counts what the browser actually drew (non-empty bounding boxes)
+into ``data-drawn-tiles`` and ``data-drawn-tasks`` on the body, for tests.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from compiler.artifact import report_json
+from compiler.program import Program
+from compiler.views import placement_table
+
+_CELL, _GAP = 46, 6
+
+
+def _palette(prog: Program) -> dict[str, str]:
+    """A colour per layer, in program order; golden-angle hues keep neighbouring layers apart."""
+    return {m: f"hsl({(i * 137.508) % 360:.0f},65%,50%)" for i, m in enumerate(prog.mvms or {})}
+
+
+def chip_svg(prog: Program, chip: dict[str, Any]) -> str:
+    """One chip's tile grid: tiles coloured by their main layer, shaded by utilisation, 2-PCM hatched."""
+    hw = prog.hardware
+    color = _palette(prog)
+    rows, cols = hw.tile_grid
+    w, h = cols * (_CELL + _GAP) + _GAP, rows * (_CELL + _GAP) + _GAP + 18
+    used = {t["tile"]: t for t in chip["tiles"]}
+    parts = [f'<svg class="chip" data-chip="{chip["chip"]}" xmlns="http://www.w3.org/2000/svg" width="{w}" '
+             f'height="{h}" viewBox="0 0 {w} {h}">',
+             '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+             'patternTransform="rotate(45)"><line x1="0" y1="0" x2="0" y2="6" stroke="white" stroke-width="2"/>'
+             '</pattern></defs>',
+             f'<text x="{_GAP}" y="13" font-size="12">chip {chip["chip"]}: {len(used)} of {hw.tiles_per_chip} '
+             f'tiles</text>']
+    for i in range(hw.tiles_per_chip):
+        x, y = _GAP + (i % cols) * (_CELL + _GAP), 18 + _GAP + (i // cols) * (_CELL + _GAP)
+        t = used.get(i)
+        if t is None:
+            parts.append(f'<rect class="free" x="{x}" y="{y}" width="{_CELL}" height="{_CELL}" fill="#eee" '
+                         f'stroke="#ccc"/>')
+            continue
+        layers = sorted({s["layer"] for s in t["slices"]})
+        tip = "\n".join(f'{s["matrix"]} rows {s["rows"][0]}:{s["rows"][1]} cols {s["cols"][0]}:{s["cols"][1]} '
+                        f'({s["encoding"]}, slot {s["slot"]})' for s in t["slices"])
+        opacity = 0.35 + 0.65 * t["utilisation"]
+        parts.append(f'<g><title>tile {i}, {t["encoding"]}, {t["utilisation"]:.1%} used\n{html.escape(tip)}</title>'
+                     f'<rect class="tile" data-chip="{chip["chip"]}" data-tile="{i}" data-encoding="{t["encoding"]}" '
+                     f'data-utilisation="{t["utilisation"]}" data-layers="{html.escape(",".join(layers))}" '
+                     f'x="{x}" y="{y}" width="{_CELL}" height="{_CELL}" fill="{color[layers[0]]}" '
+                     f'fill-opacity="{opacity:.3f}" stroke="#333"/>')
+        if t["encoding"] != hw.default_encoding:
+            parts.append(f'<rect x="{x}" y="{y}" width="{_CELL}" height="{_CELL}" fill="url(#hatch)" '
+                         f'pointer-events="none"/>')
+        parts.append(f'<text x="{x + 3}" y="{y + 12}" font-size="9" pointer-events="none">{i}</text></g>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def timeline_svg(prog: Program) -> str:
+    """The schedule of one inference: one row per chip (its tiles), link and the host."""
+    sched = prog.schedule or {}
+    items = sched.get("timeline", [])
+    end = max((t["end_ns"] for t in items), default=1) or 1
+
+    def row(t: dict[str, Any]) -> str:
+        r = t["resources"][0] if t["resources"] else "host"
+        return f"chip {r.split(':')[1].split('.')[0]}" if r.startswith("tile:") else r
+
+    rows = sorted({row(t) for t in items}, key=lambda r: (not r.startswith("chip"), r))
+    width, label, height = 900, 90, 22
+    colors = {"mvm": "#3b82f6", "transfer": "#f59e0b", "host": "#10b981", "sum": "#8b5cf6"}
+    parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width + label + 10}" '
+             f'height="{height * len(rows) + 30}">']
+    for i, r in enumerate(rows):
+        parts.append(f'<text x="2" y="{i * height + 15}" font-size="11">{html.escape(r)}</text>')
+    for t in items:
+        y = rows.index(row(t)) * height + 3
+        x = label + width * t["start_ns"] / end
+        w = max(1.0, width * (t["end_ns"] - t["start_ns"]) / end)
+        parts.append(f'<rect class="task" data-kind="{t["kind"]}" x="{x:.2f}" y="{y}" width="{w:.2f}" '
+                     f'height="{height - 6}" fill="{colors.get(t["kind"], "#999")}"><title>'
+                     f'{html.escape(t["id"])}: {t["start_ns"]:,}-{t["end_ns"]:,} ns'
+                     f'{", " + format(t["bytes"], ",") + " bytes" if t["bytes"] else ""}</title></rect>')
+    parts.append(f'<text x="{label}" y="{height * len(rows) + 20}" font-size="11">0</text>'
+                 f'<text x="{label + width - 80}" y="{height * len(rows) + 20}" font-size="11">'
+                 f'{end / 1e3:,.1f} us</text></svg>')
+    return "".join(parts)
+
+
+def accuracy_svg(verify: dict[str, Any]) -> str:
+    """Accuracy (or mean relative error) against time after programming, from verify --json output."""
+    times = verify.get("times", [])
+    key = "accuracy" if times and times[0].get("accuracy") else "rel_err"
+    pts = []
+    for t in times:
+        v = t["accuracy"]["mean"] if key == "accuracy" else \
+            max(o["rel_err"]["mean"] for o in t["outputs"].values())
+        pts.append((t["t"], v))
+    if not pts:
+        return ""
+    lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+    lo, hi = (lo - 0.01, hi + 0.01) if hi - lo < 1e-9 else (lo, hi)
+    w, h = 420, 180
+    xy = [(40 + i * (w - 60) / max(1, len(pts) - 1), h - 30 - (v - lo) / (hi - lo) * (h - 60)) for i, (_, v) in
+          enumerate(pts)]
+    parts = [f'<svg class="accuracy" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">',
+             '<polyline fill="none" stroke="#2563eb" stroke-width="2" points="'
+             + " ".join(f"{x:.1f},{y:.1f}" for x, y in xy) + '"/>']
+    for (label, v), (x, y) in zip(pts, xy, strict=True):
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3"/><text x="{x - 10:.1f}" y="{h - 10}" '
+                     f'font-size="11">{html.escape(label)}</text><text x="{x - 14:.1f}" y="{y - 8:.1f}" '
+                     f'font-size="10">{v:.4f}</text>')
+    ref = verify.get("reference_accuracy")
+    title = f"{key} against time after programming" + (f" (onnxruntime: {ref:.4f})" if ref is not None else "")
+    parts.append(f'<text x="40" y="14" font-size="12">{html.escape(title)}</text></svg>')
+    return "".join(parts)
+
+
+_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  function drawn(sel) { return Array.from(document.querySelectorAll(sel)).filter(function (e) {
+    var b = e.getBBox(); return b.width > 0 && b.height > 0; }).length; }
+  document.body.setAttribute('data-drawn-tiles', drawn('rect.tile'));
+  document.body.setAttribute('data-drawn-tasks', drawn('rect.task'));
+});
+</script>"""
+
+
+def render_html(prog: Program, verify: dict[str, Any] | None = None) -> str:
+    """The whole report as one HTML document."""
+    table = placement_table(prog)
+    report = report_json(prog)
+    s, en = table["summary"], report.get("energy") or {}
+    rows = [("tiles", s["tiles"]), ("chips", s["chips"]), ("PCM devices", f"{s['pcm_devices']:,}"),
+            ("weights on crossbars", f"{s['weights']:,}"), ("PCM per weight", s["pcm_per_weight"]),
+            ("analog nodes", s["analog_nodes"]), ("host stages", s["host_stages"]), ("slices", s["slices"])]
+    sched = prog.schedule or {}
+    if sched:
+        rows += [("latency per inference", f"{sched['latency_ns'] / 1e3:,.1f} us"),
+                 ("throughput, pipelined", f"{sched['throughput_per_s']:,.0f} inferences/s")]
+    if en:
+        rows += [("energy per inference", f"{en['total_pj'] / 1e6:,.3f} uJ (host {en['host_share']:.1%})"),
+                 ("TOPS/W chip / system", f"{en['chip_tops_per_w']} / {en['system_tops_per_w']} "
+                                          f"(paper: {en['paper_tops_per_w']['sustained']} sustained, "
+                                          f"{en['paper_tops_per_w']['peak_tile']} peak per tile)")]
+    legend = sorted({layer for c in table["chips"] for t in c["tiles"] for layer in
+                     {x["layer"] for x in t["slices"]}})
+    links = "".join(f"<tr><td>{html.escape(n)}</td><td>{int(v['bytes']):,}</td><td>{int(v['transfers'])}</td>"
+                    f"<td>{v['busy_ns'] / 1e3:,.1f}</td></tr>" for n, v in table["links"].items())
+    body = [f"<h1>anac: {html.escape(prog.graph.name)} on {html.escape(prog.hardware.name)}</h1>",
+            '<h2>Summary</h2><table id="summary">' + "".join(
+                f'<tr><th>{k}</th><td data-key="{k}">{v}</td></tr>' for k, v in rows) + "</table>",
+            "<h2>Chips</h2><p>Tiles are coloured by layer and shaded by utilisation; hatched tiles use an "
+            "encoding other than the default (" + html.escape(prog.hardware.default_encoding) + "). Hover a tile "
+            "for its slices.</p>",
+            '<div class="chips">' + "".join(chip_svg(prog, c) for c in table["chips"]) + "</div>",
+            '<p class="legend">' + " ".join(f'<span style="background:{_palette(prog)[n]}">&nbsp;&nbsp;&nbsp;</span> '
+                                             f'{html.escape(n)}' for n in legend) + "</p>",
+            '<h2>Links</h2><table id="links"><tr><th>link</th><th>bytes per inference</th><th>transfers</th>'
+            f"<th>busy (us)</th></tr>{links}</table>",
+            f"<h2>Timeline of one inference</h2>{timeline_svg(prog)}"]
+    if verify is not None:
+        body.append(f"<h2>Accuracy after programming</h2>{accuracy_svg(verify)}")
+    body.append(f'<script type="application/json" id="report">{html.escape(json.dumps(report, sort_keys=True))}'
+                "</script>")
+    style = ("body{font-family:sans-serif;margin:20px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:left}.chips svg{margin:4px;border:1px solid #999}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>anac report</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}{_SCRIPT}</body></html>")
+
+
+def write_html(prog: Program, path: str | Path, verify: dict[str, Any] | None = None) -> Path:
+    """Write the HTML report; return its path."""
+    path = Path(path)
+    path.write_text(render_html(prog, verify))
+    return path
+
+
+def write_svgs(prog: Program, where: str | Path) -> list[Path]:
+    """One SVG file per chip map."""
+    where = Path(where)
+    where.mkdir(parents=True, exist_ok=True)
+    out = []
+    for chip in placement_table(prog)["chips"]:
+        p = where / f"chip{chip['chip']}.svg"
+        p.write_text(chip_svg(prog, chip))
+        out.append(p)
+    return out
