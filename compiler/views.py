@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from compiler.artifact import summary
+from compiler.estimates import energy
 from compiler.program import Program, Slice
 
 _SHADES = " .:-=+*#%@"  # tile utilisation 0 % .. 100 % in ten steps
@@ -104,6 +105,12 @@ def render_text(prog: Program) -> str:
         tp = sched.get("throughput_per_s")
         lines.append(f"schedule: {sched['status']}; latency {sched['latency_ns'] / 1e3:,.1f} us per inference, "
                      f"throughput {tp:,.0f} inferences/s pipelined (bottleneck {sched['bottleneck']})")
+    if prog.slices is not None and prog.stages is not None:
+        en = energy(prog)
+        lines.append(f"energy: {en['total_pj'] / 1e6:,.3f} uJ per inference (host {en['host_share']:.1%}); "
+                     f"{en['chip_tops_per_w']} TOPS/W on chip, {en['system_tops_per_w']} with links and host "
+                     f"(paper: {en['paper_tops_per_w']['sustained']} sustained, "
+                     f"{en['paper_tops_per_w']['peak_tile']} peak per tile)")
     if table["host_stages"]:
         lines.append("host stages: " + ", ".join(f"{h['stage']} ({h['nodes']} nodes)" for h in table["host_stages"]))
     s = table["summary"]
