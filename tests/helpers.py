@@ -178,3 +178,17 @@ def slice_blocks(prog, node_name: str) -> set[tuple[int, int]]:  # type: ignore[
             assert (s.rows[1] - 1) // rows == rb and (s.cols[1] - 1) // cols == cb, f"slice {s} spans blocks"
             blocks.add((rb, cb))
     return blocks
+
+
+def matmul_chain(rng: np.random.Generator, dims: Sequence[int], batch: int = 4, relu: bool = False,
+                 prefix: str = "l") -> onnx.ModelProto:
+    """A chain of MatMuls (constant weights, layers ``<prefix>0``, ``<prefix>1``, ...), ReLU between if asked."""
+    nodes, inits, x = [], [], "x"
+    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        nodes.append(node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"{prefix}{i}"))
+        inits.append(const(f"w{i}", weights(rng, k, n)))
+        x = f"h{i}"
+        if relu and i < len(dims) - 2:
+            nodes.append(node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
+            x = f"r{i}"
+    return make_model(nodes, [tensor("x", [batch, dims[0]])], [tensor(x, [batch, dims[-1]])], inits)

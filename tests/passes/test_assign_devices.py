@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import const, make_model, node, tensor, weights
+from helpers import matmul_chain
 
 from compiler.api import compile_model, save_program
 from compiler.errors import CapacityError
@@ -18,12 +18,7 @@ MODELS = Path(__file__).parents[2] / "models"
 
 
 def _chain(rng: np.random.Generator, dims: list[int]):  # type: ignore[no-untyped-def]
-    nodes, inits, x = [], [], "x"
-    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-        nodes.append(node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"l{i}"))
-        inits.append(const(f"w{i}", weights(rng, k, n)))
-        x = f"h{i}"
-    return make_model(nodes, [tensor("x", [4, dims[0]])], [tensor(x, [4, dims[-1]])], inits)
+    return matmul_chain(rng, dims)
 
 
 def _brute_force(layers: dict[str, int], sens: dict[str, dict[str, float]], tiles: int) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import check_placement, const, make_model, node, tensor, weights
+from helpers import check_placement, matmul_chain
 
 from compiler.api import compile_model, save_program
 from compiler.dataflow import tasks
@@ -22,15 +22,7 @@ LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
 def _chain(rng: np.random.Generator, dims: list[int], relu: bool = True):  # type: ignore[no-untyped-def]
-    nodes, inits, x = [], [], "x"
-    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-        nodes.append(node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"l{i}"))
-        inits.append(const(f"w{i}", weights(rng, k, n)))
-        x = f"h{i}"
-        if relu and i < len(dims) - 2:
-            nodes.append(node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
-            x = f"r{i}"
-    return make_model(nodes, [tensor("x", [4, dims[0]])], [tensor(x, [4, dims[-1]])], inits)
+    return matmul_chain(rng, dims, relu=relu)
 
 
 def _tiles(prog):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers import check_placement, const, make_model, node, shares_tile_lines, tensor, weights
+from helpers import check_placement, const, make_model, matmul_chain, node, shares_tile_lines, tensor, weights
 
 from compiler.driver import PIPELINE, compile_model
 from compiler.errors import AnacError, CapacityError
@@ -19,12 +19,7 @@ DIMS = [[3, 5], [512, 512], [513, 1025], [1960, 512, 12], [2048, 700, 1500, 7]]
 
 
 def _mlp(rng: np.random.Generator, dims: list[int]):  # type: ignore[no-untyped-def]
-    nodes, inits, x = [], [], "x"
-    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-        nodes.append(node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"fc{i}"))
-        inits.append(const(f"w{i}", weights(rng, k, n)))
-        x = f"h{i}"
-    return make_model(nodes, [tensor("x", [2, dims[0]])], [tensor(x, [2, dims[-1]])], inits)
+    return matmul_chain(rng, dims, batch=2, prefix="fc")
 
 
 def _coverage(prog) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
