@@ -27,6 +27,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from backends.analog import ProgrammedChip, quantize_polarity, quantize_signed, quantize_unsigned
 from backends.host import HostStages, make_session, run_session
+from compiler.dataflow import single_row_block
 from compiler.errors import AnacError, InputError
 from compiler.ir import TensorInfo
 from compiler.program import MVM, Program
@@ -66,8 +67,7 @@ def tile_activation(prog: Program, mvm: MVM) -> bool:
     """Whether a fused activation can run at the tile output (no digital work before it)."""
     if mvm.activation is None or mvm.bias is not None or mvm.alpha != 1.0:
         return False
-    return all(s.n_rows == prog.matrices[s.matrix].shape[0]  # type: ignore[index]
-               for s in prog.slices or [] if prog.matrices[s.matrix].node == mvm.node)  # type: ignore[index]
+    return single_row_block(prog, mvm)
 
 
 class Simulator:
