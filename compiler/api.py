@@ -31,6 +31,7 @@ from compiler.hardware import HardwareSpec, load_hardware
 from compiler.ir import TensorInfo
 from compiler.lowering import lower
 from compiler.program import Program
+from passes.assign_devices import tile_budget
 from passes.partition import Partition
 
 __all__ = ["PIPELINE", "Simulator", "calibrate", "check", "compile_model", "compile_to", "default_output",
@@ -63,7 +64,8 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
         probe = driver.compile_model(model, **{**kwargs, "hardware": unbounded,  # measure before fitting
                                                "options": {k: v for k, v in options.items()
                                                            if k not in (*_BUDGETS, "prune")},
-                                               "pipeline": PIPELINE[:5]})
+                                               "pipeline": tuple(p for p in PIPELINE
+                                                                 if p.name != "schedule_links")})
         layer_inputs = _layer_inputs(probe, calibration_data) if calibration_data is not None else None
         if budgeted and options.get("sensitivity") is None:
             log.info("measuring the sensitivity of %d crossbar layers to each encoding", len(probe.mvms or {}))
@@ -82,20 +84,15 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
         except PlacementCapacityError:
             # The packer can miss the per-encoding lower bound the knapsack assumes by a tile;
             # tighten the tile budget by one and choose again.
-            tiles = _tile_budget(options, kwargs.get("hardware"))
+            hw = kwargs.get("hardware")
+            tiles = tile_budget(hw if isinstance(hw, HardwareSpec) else load_hardware(hw),
+                                options.get("chips"), options.get("tiles"))
             if not budgeted or tiles is None or tiles <= 1 or attempt == _CAPACITY_RETRIES - 1:
                 raise
             options["tiles"] = tiles - 1
     if calibration_data is not None:
         calibrate(prog, calibration_data, percentile=calibration_percentile)
     return prog
-
-
-def _tile_budget(options: Mapping[str, Any], hardware: Any) -> int | None:
-    spec = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
-    budgets = [b for b in (options.get("tiles"), None if options.get("chips") is None
-                           else options["chips"] * spec.tiles_per_chip) if b is not None]
-    return min(budgets) if budgets else None
 
 
 def _layer_inputs(prog: Program, data: Mapping[str, np.ndarray], rows: int = 256) -> dict[str, np.ndarray]:

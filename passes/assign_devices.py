@@ -90,9 +90,7 @@ class AssignDevices:
         return any(v is not None for v in (self.chips, self.tiles, self.pcm_per_weight))
 
     def _tile_budget(self, hw: HardwareSpec) -> int | None:
-        budgets = [b for b in (self.tiles, None if self.chips is None else self.chips * hw.tiles_per_chip)
-                   if b is not None]
-        return min(budgets) if budgets else None
+        return tile_budget(hw, self.chips, self.tiles)
 
     def _solve(self, prog: Program, chosen: dict[str, str], free: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
         from ortools.sat.python import cp_model
@@ -168,6 +166,12 @@ class AssignDevices:
         if self.pcm_per_weight is not None:
             parts.append(f"{self.pcm_per_weight} PCM per weight")
         return "a budget of " + " and ".join(parts)
+
+
+def tile_budget(hw: HardwareSpec, chips: int | None, tiles: int | None) -> int | None:
+    """The tighter of a chip budget (in tiles) and a tile budget; None when neither is set."""
+    budgets = [b for b in (tiles, None if chips is None else chips * hw.tiles_per_chip) if b is not None]
+    return min(budgets) if budgets else None
 
 
 def _weights(prog: Program, node: str) -> int:
