@@ -4,7 +4,7 @@ without global drift compensation, beside the float accuracy of onnxruntime.
 Each cell is the mean +- standard deviation over ``--repeats`` programmed instances (seeds 0, 1, ...),
 with the mean relative output error ||y - y_ref|| / ||y_ref|| after it. Prints a Markdown table.
 
-    python benchmarks/accuracy_vs_time.py [--model mnist_mlp] [--repeats 10] [--times 1s,1h,1d,1y]
+    python benchmarks/accuracy_vs_time.py [--model mnist_mlp] [--repeats 20] [--times 1s,1h,1d,1y]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mnist_mlp", help="a models/NAME.onnx with NAME_test.npz and NAME_calib.npz "
                                                           "(the prefix before the first '_' names the data)")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--times", default="1s,1h,1d,1y")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
