@@ -48,6 +48,7 @@ def calibrate(prog: Program, data: Mapping[str, np.ndarray] | None = None, *,
     else:
         batches = list(calibration_batches(prog, data))
         source = f"data: {len(batches)} batch(es)"
+    log.info("calibrating analog input/output ranges on %d batch(es)", len(batches))
     for batch in batches:
         sim.run(batch)
     for mvm in (prog.mvms or {}).values():

@@ -9,6 +9,7 @@ spread, and top-1 accuracy when labels are given.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,8 @@ from backends.host import as_array, make_session, run_session
 from backends.simulator import Simulator
 from compiler.errors import AnacError
 from compiler.program import Program
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = {"ideal": 1e-5, "hardware": 0.25}
 
@@ -203,6 +206,8 @@ def verify_hardware(prog: Program, model: str | Path | onnx.ModelProto, inputs: 
     per_time: dict[str, dict[str, list[OutputReport]]] = {label: {n: [] for n in names} for label, _ in times}
     accs: dict[str, list[float]] = {label: [] for label, _ in times}
     for r in range(repeats):
+        log.info("programming chip instance %d of %d (seed %d) and reading it at %s", r + 1, repeats, seed + r,
+                 ", ".join(label for label, _ in times))
         sim.program(seed + r)
         for label, secs in times:
             sim.at(secs, drift_compensation)
