@@ -108,12 +108,15 @@ def _opsets(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _kernel_covers(domain: str, op: str, opset: int) -> bool | None:
-    """Whether onnxruntime has a CPU kernel for ``op`` at ``opset``; None if the op has no ONNX schema."""
+    """Whether onnxruntime runs ``op`` at ``opset`` (a CPU kernel, or a function body it expands);
+    None if the op has no ONNX schema."""
     try:
-        sv = onnx.defs.get_schema(op, opset, domain).since_version
+        schema = onnx.defs.get_schema(op, opset, domain)
     except onnx.defs.SchemaError:
         return None
-    return any(lo <= sv <= hi for lo, hi in _ort_kernels().get((domain, op), []))
+    if schema.has_function or schema.has_context_dependent_function:
+        return True
+    return any(lo <= schema.since_version <= hi for lo, hi in _ort_kernels().get((domain, op), []))
 
 
 def _upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -382,23 +385,16 @@ def _host_issue(node: Node, opset: dict[str, int], local: set[tuple[str, str]]) 
     version = opset.get(domain)
     if version is None:
         return f"the model imports no opset for domain '{domain}'"
-    try:
-        schema = onnx.defs.get_schema(node.op_type, version, domain)
-    except onnx.defs.SchemaError:
-        schema = None
+    covered = _kernel_covers(domain, node.op_type, version)
+    if covered:
+        return None
     ranges = _ort_kernels().get((domain, node.op_type))
-    if schema is not None and (schema.has_function or schema.has_context_dependent_function) and not ranges:
-        return None  # onnxruntime expands function ops into their body
     if not ranges:
         where = f"domain '{domain}'" if domain else "the ONNX domain"
         return f"onnxruntime has no CPU kernel for {node.op_type} in {where} and it is not a crossbar op"
-    if schema is None:
+    if covered is None:  # no ONNX schema (a contrib domain): any kernel from this opset on will do
         return None if any(lo <= version for lo, _ in ranges) else \
             f"onnxruntime's {node.op_type} kernels need a newer opset than {version}"
-    sv = schema.since_version
-    if any(lo <= sv <= hi for lo, hi in ranges):
-        return None
-    if schema.has_function or schema.has_context_dependent_function:
-        return None
+    sv = onnx.defs.get_schema(node.op_type, version, domain).since_version
     have = ", ".join(f"{lo}-{hi if hi < 2**31 - 1 else ''}" for lo, hi in sorted(ranges))
     return f"onnxruntime has no CPU kernel for {node.op_type} version {sv} (opset {version}); it has versions {have}"
