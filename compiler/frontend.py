@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from compiler.errors import InvalidWeightsError, ModelLoadError, ShapeError, UnsupportedModelError
 from compiler.ir import Dim, Graph, Node, TensorInfo, node_reads
 from compiler.lowering import ANALOG_OPS, lower
+from compiler.recurrent import RECURRENT_OPS, lower_recurrent
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,10 @@ def find_unsupported(graph: Graph) -> list[tuple[Node, str]]:
     bad = []
     local = {(f.domain, f.name) for f in graph.functions}
     for node in graph.nodes:
-        if node.op_type in ANALOG_OPS and node.domain in ("", "ai.onnx"):
+        if node.op_type in ANALOG_OPS + RECURRENT_OPS and node.domain in ("", "ai.onnx"):
+            lowering = lower_recurrent if node.op_type in RECURRENT_OPS else lower
             try:
-                if not isinstance(lower(node, graph), str):
+                if not isinstance(lowering(node, graph), str):
                     continue
             except InvalidWeightsError as e:
                 bad.append((node, str(e).split(": ", 1)[1]))

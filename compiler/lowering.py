@@ -28,13 +28,14 @@ def lower(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
         return result
     mvm, matrices = result
     for m in matrices:
-        _check_finite(node, "weight", m.weights)
+        check_finite(node, "weight", m.weights)
     if mvm.bias is not None:
-        _check_finite(node, "bias", mvm.bias)
+        check_finite(node, "bias", mvm.bias)
     return mvm, matrices
 
 
-def _check_finite(node: Node, what: str, arr: np.ndarray) -> None:
+def check_finite(node: Node, what: str, arr: np.ndarray) -> None:
+    """Raise InvalidWeightsError naming the node when ``arr`` holds NaN or Inf."""
     bad = ~np.isfinite(arr)
     if bad.any():
         n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())

@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.ir import Graph, Node
+from compiler.lowering import check_finite
 from compiler.program import MVM, Matrix
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -109,6 +110,9 @@ def lower_recurrent(node: Node, graph: Graph, embedding: Node | None = None
     info = graph.info(ins[0])
     if info is None or info.elem_type != TensorProto.FLOAT:
         return "its input is not float32"
+    for what, arr in (("W", w), ("R", r), ("B", b), ("P", peep)):
+        if arr is not None:
+            check_finite(node, what, arr)
     hidden = int(node.attrs.get("hidden_size", r.shape[-1]))
     direction = _s(node.attrs.get("direction", "forward"))
     dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]

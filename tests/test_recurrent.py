@@ -81,3 +81,17 @@ def test_activation_clip_and_gate_options_match_onnxruntime(op: str, attrs: dict
                        [const("w", w), const("r", r), const("b", b), const("lens", lens)])
     report = verify(model, inputs={"x": rng.standard_normal((7, 3, n_in)).astype(np.float32)})
     assert report.passed and all(o.rel_err <= 1e-5 for o in report.outputs.values()), report.to_json()
+
+
+def test_nan_recurrent_weights_name_the_node(rng: np.random.Generator) -> None:
+    from helpers import const, make_model, node, tensor
+
+    from compiler.errors import UnsupportedModelError
+
+    w = rng.standard_normal((1, 12, 4)).astype(np.float32)
+    r = rng.standard_normal((1, 12, 3)).astype(np.float32)
+    r[0, 5, 1] = np.nan
+    model = make_model([node("LSTM", ["x", "w", "r"], ["y"], name="enc", hidden_size=3)], [tensor("x", [5, 2, 4])],
+                       [tensor("y", [5, 1, 2, 3])], [const("w", w), const("r", r)])
+    with pytest.raises(UnsupportedModelError, match=r"'enc' \(LSTM\): its R holds 1 NaN and 0 Inf"):
+        compile_model(model)
