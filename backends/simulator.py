@@ -102,10 +102,11 @@ class Simulator:
                                 f"(anac compile --calibration-data FILE, or backends.calibrate.calibrate)")
 
     def program(self, seed: int) -> ProgrammedChip:
-        """Hardware mode: program a fresh chip instance (seeded) and read it right after programming."""
+        """Hardware mode: program a fresh chip instance (seeded); it is read right after programming
+        unless ``at(t)`` picks another time before the first run."""
         self._need_hardware("program")
         self.chip = ProgrammedChip(self.prog, seed)
-        self.at(0.0)
+        self.t = None  # read lazily: callers usually choose a time next
         return self.chip
 
     def at(self, t: float, drift_compensation: bool = True) -> None:
@@ -137,7 +138,9 @@ class Simulator:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs of the program for one set of inputs (keyed by graph input name)."""
         if self.mode == "hardware" and self.t is None:
-            raise AnacError("program a chip instance (Simulator.program(seed)) before running in hardware mode")
+            if self.chip is None:
+                raise AnacError("program a chip instance (Simulator.program(seed)) before running in hardware mode")
+            self.at(0.0)
         env: dict[str, object] = dict(check_inputs(self.prog.inputs, inputs))
         for stage in self.prog.stages or []:
             if stage.kind == "host":
