@@ -153,7 +153,11 @@ def find_unsupported(graph: Graph) -> list[tuple[Node, str]]:
     bad = []
     local = {(f.domain, f.name) for f in graph.functions}
     for node in graph.nodes:
-        if node.op_type in ANALOG_OPS + RECURRENT_OPS and node.domain in ("", "ai.onnx"):
+        reason = _host_issue(node, graph.opset, local)
+        crossbar_op = node.op_type in ANALOG_OPS + RECURRENT_OPS and node.domain in ("", "ai.onnx")
+        # Lowering copies the weights into crossbar matrices; do it here only where it can change the
+        # answer: a weight that is not finite (its message), or an op onnxruntime cannot run.
+        if crossbar_op and (reason or not _finite_constants(node, graph)):
             lowering = lower_recurrent if node.op_type in RECURRENT_OPS else lower
             try:
                 if not isinstance(lowering(node, graph), str):
@@ -161,10 +165,18 @@ def find_unsupported(graph: Graph) -> list[tuple[Node, str]]:
             except InvalidWeightsError as e:
                 bad.append((node, str(e).split(": ", 1)[1]))
                 continue
-        reason = _host_issue(node, graph.opset, local)
         if reason:
             bad.append((node, reason))
     return bad
+
+
+def _finite_constants(node: Node, graph: Graph) -> bool:
+    """Whether every floating-point constant the node reads is finite."""
+    for name in node.inputs:
+        arr = graph.constants.get(name) if name else None
+        if arr is not None and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            return False
+    return True
 
 
 def check_supported(graph: Graph) -> None:
