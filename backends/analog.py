@@ -12,12 +12,11 @@ input landing pads (PWM durations) and the ramp-based output conversion.
 from __future__ import annotations
 
 import numpy as np
-
-from backends.pcm import PCMModel
-from compiler.conductance import combine
-from compiler.errors import AnacError
-from compiler.hardware import DeviceModel, Encoding
-from compiler.program import Program
+from anac.backends.pcm import PCMModel
+from anac.core.conductance import combine
+from anac.core.errors import AnacError
+from anac.core.hardware import DeviceModel, Encoding
+from anac.core.program import Program
 
 T_PROBE = 0.0  # the reference read happens right after programming
 

@@ -14,10 +14,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-
-from backends.simulator import Simulator, check_inputs
-from compiler.errors import InputError
-from compiler.program import Program
+from anac.backends.simulator import Simulator, check_inputs
+from anac.core.errors import InputError
+from anac.core.program import Program
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-
-from backends.analog import ProgrammedDevices, device_model
-from compiler.conductance import device_targets
-from compiler.program import Program
+from anac.backends.analog import ProgrammedDevices, device_model
+from anac.core.conductance import device_targets
+from anac.core.program import Program
 
 SENSITIVITY_T = 86400.0  # one day after programming
 SAMPLES = 64

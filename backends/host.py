@@ -7,9 +7,8 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-
-from compiler.errors import AnacError
-from compiler.program import Stage
+from anac.core.errors import AnacError
+from anac.core.program import Stage
 
 
 def session_options() -> ort.SessionOptions:

@@ -10,8 +10,7 @@ passed in, so a programmed instance is reproducible from its seed.
 from __future__ import annotations
 
 import numpy as np
-
-from compiler.hardware import DeviceModel
+from anac.core.hardware import DeviceModel
 
 
 class PCMModel:

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from anac.backends.analog import ProgrammedChip, quantize_polarity, quantize_signed, quantize_unsigned
+from anac.backends.host import HostStages, make_session, run_session
+from anac.core.dataflow import single_row_block
+from anac.core.errors import AnacError, InputError
+from anac.core.ir import TensorInfo
+from anac.core.program import MVM, Program
 from numpy.lib.stride_tricks import sliding_window_view
-
-from backends.analog import ProgrammedChip, quantize_polarity, quantize_signed, quantize_unsigned
-from backends.host import HostStages, make_session, run_session
-from compiler.dataflow import single_row_block
-from compiler.errors import AnacError, InputError
-from compiler.ir import TensorInfo
-from compiler.program import MVM, Program
 
 MODES = ("ideal", "hardware")
 # observer(kind, key, values): kind "input" (key: MVM node, values: its input rows) or
@@ -99,7 +98,7 @@ class Simulator:
             if missing or any(s.output_range is None for s in prog.slices or []):
                 raise AnacError(f"the program has no calibrated input/output ranges (e.g. for "
                                 f"{', '.join(missing[:3]) or 'its slices'}); calibrate it first "
-                                f"(anac compile --calibration-data FILE, or backends.calibrate.calibrate)")
+                                f"(anac compile --calibration-data FILE, or anac.backends.calibrate.calibrate)")
 
     def program(self, seed: int) -> ProgrammedChip:
         """Hardware mode: program a fresh chip instance (seeded); it is read right after programming

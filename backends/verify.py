@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-
-from backends.host import as_array, make_session, run_session
-from backends.simulator import Simulator
-from compiler.errors import AnacError
-from compiler.program import Program
+from anac.backends.host import as_array, make_session, run_session
+from anac.backends.simulator import Simulator
+from anac.core.errors import AnacError
+from anac.core.program import Program
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from compiler.api import compile_model, load_inputs, verify
+from anac.api import compile_model, load_inputs, verify
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from anac.api import compile_model, save_program, summary
 from onnx import numpy_helper
-
-from compiler.api import compile_model, save_program, summary
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 

@@ -18,11 +18,10 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
+from anac.api import compile_model
+from anac.backends.calibrate import calibrate
+from anac.backends.simulator import Simulator
 from onnx import TensorProto, helper, numpy_helper
-
-from backends.calibrate import calibrate
-from backends.simulator import Simulator
-from compiler.api import compile_model
 
 
 def mlp(batch: int, dims: tuple[int, ...] = (784, 1024, 10)) -> onnx.ModelProto:

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import onnx
-
-from compiler.api import compile_model, model_inputs
-from compiler.frontend import load_onnx
+from anac.api import compile_model, model_inputs
+from anac.core.frontend import load_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -16,10 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import onnx
-
-from compiler.api import compile_model, model_inputs
-from compiler.frontend import load_onnx
-from compiler.hardware import load_hardware
+from anac.api import compile_model, model_inputs
+from anac.core.frontend import load_onnx
+from anac.core.hardware import load_hardware
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

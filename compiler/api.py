@@ -1,6 +1,6 @@
 """The Python API: what the CLI calls and what the tests call.
 
-    from compiler.api import compile_model, save_program, load_program, simulate, verify
+    from anac.api import compile_model, save_program, load_program, simulate, verify
     prog = compile_model("model.onnx")
     save_program(prog, "model.anac")
     report = verify("model.onnx", program=prog, batch=4)
@@ -17,22 +17,21 @@ from typing import Any
 
 import numpy as np
 import onnx
-
-from backends.calibrate import DEFAULT_PERCENTILE, calibrate, calibration_batches
-from backends.estimates import layer_sensitivity
-from backends.simulator import Simulator, check_inputs, simulate
-from backends.verify import HardwareVerifyReport, VerifyReport, parse_times, verify_hardware, verify_program
-from compiler import driver
-from compiler.artifact import check_writable, default_output, load_program, report_json, save_program, summary
-from compiler.driver import PIPELINE
-from compiler.errors import AnacError, InputError, PlacementCapacityError, ShapeError
-from compiler.frontend import find_unsupported, import_model, load_onnx, tensor_info
-from compiler.hardware import HardwareSpec, load_hardware
-from compiler.ir import TensorInfo
-from compiler.lowering import lower
-from compiler.program import Program
-from passes.assign_devices import tile_budget
-from passes.partition import Partition
+from anac import driver
+from anac.backends.calibrate import DEFAULT_PERCENTILE, calibrate, calibration_batches
+from anac.backends.estimates import layer_sensitivity
+from anac.backends.simulator import Simulator, check_inputs, simulate
+from anac.backends.verify import HardwareVerifyReport, VerifyReport, parse_times, verify_hardware, verify_program
+from anac.core.artifact import check_writable, default_output, load_program, report_json, save_program, summary
+from anac.core.errors import AnacError, InputError, PlacementCapacityError, ShapeError
+from anac.core.frontend import find_unsupported, import_model, load_onnx, tensor_info
+from anac.core.hardware import HardwareSpec, load_hardware
+from anac.core.ir import TensorInfo
+from anac.core.lowering import lower
+from anac.core.program import Program
+from anac.driver import PIPELINE
+from anac.passes.assign_devices import tile_budget
+from anac.passes.partition import Partition
 
 __all__ = ["PIPELINE", "Simulator", "calibrate", "check", "compile_model", "compile_to", "default_output",
            "load_inputs", "load_program", "make_inputs", "model_inputs", "parse_times", "report_json", "save_program",
@@ -48,7 +47,7 @@ _CAPACITY_RETRIES = 3
 def compile_model(model: str | Path | onnx.ModelProto, *,
                   calibration_data: Mapping[str, np.ndarray] | None = None,
                   calibration_percentile: float = DEFAULT_PERCENTILE, **kwargs: Any) -> Program:
-    """Compile a model (see compiler.driver.compile_model); calibrate the analog I/O ranges when data is given.
+    """Compile a model (see anac.driver.compile_model); calibrate the analog I/O ranges when data is given.
 
     With a budget option (chips, tiles, pcm_per_weight) it first measures each
     layer's sensitivity to each encoding (backends/estimates.py), on layer

@@ -1,4 +1,4 @@
-"""The ``anac`` command: a thin shell over compiler.api.
+"""The ``anac`` command: a thin shell over anac.api.
 
 Each command parses its options, calls the API function the tests call and
 prints. AnacErrors print as one paragraph on stderr with exit 1; click's
@@ -16,9 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-
-from compiler import __version__
-from compiler.errors import AnacError
+from anac import __version__
+from anac.core.errors import AnacError
 
 log = logging.getLogger("anac")
 
@@ -112,8 +111,8 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
     """Compile MODEL (.onnx) into a program directory."""
     from dataclasses import replace
 
-    from compiler.api import compile_to, load_inputs, summary
-    from compiler.hardware import load_hardware
+    from anac.api import compile_to, load_inputs, summary
+    from anac.core.hardware import load_hardware
 
     spec = load_hardware(hardware)
     limit = min(c for c in (max_chips, chips, spec.max_chips) if c is not None) \
@@ -143,7 +142,7 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
 @_command
 def check_cmd(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
     """Say which nodes go to crossbars, which to the host, and which cannot be compiled."""
-    from compiler.api import check
+    from anac.api import check
 
     rep = check(model, _parse_shapes(input_shape))
     if as_json:
@@ -180,10 +179,10 @@ def check_cmd(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
 def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_json: str | None,
                 as_json: bool) -> None:
     """Show the tile placement of a compiled PROGRAM directory, per chip, and a summary."""
-    from compiler.api import load_program
-    from compiler.errors import InputError
-    from compiler.htmlreport import write_html, write_svgs
-    from compiler.views import placement_table, render_text
+    from anac.api import load_program
+    from anac.core.errors import InputError
+    from anac.htmlreport import write_html, write_svgs
+    from anac.views import placement_table, render_text
 
     prog = load_program(program)
     verify = None
@@ -230,7 +229,7 @@ def verify_cmd(model: str, program: str | None, inputs: str | None, batch: int |
                times: str, repeats: int, drift_compensation: bool, calibration_data: str | None,
                tolerance: float | None, hardware: str | None, input_shape: tuple[str, ...], as_json: bool) -> None:
     """Simulate the compiled MODEL and compare it with onnxruntime on the original."""
-    from compiler.api import load_inputs, parse_times, verify
+    from anac.api import load_inputs, parse_times, verify
 
     if inputs is not None and batch is not None:
         raise click.UsageError("--batch makes random inputs; it cannot be used with --inputs")
@@ -277,7 +276,7 @@ def passes_cmd(as_json: bool) -> None:
     """List the pass pipeline with what each pass requires and produces."""
     import dataclasses
 
-    from compiler.driver import PIPELINE
+    from anac.driver import PIPELINE
 
     rows = [{"name": p.name, "requires": list(p.requires), "produces": list(p.produces),
              "options": {f.name: getattr(p, f.name) for f in dataclasses.fields(p)},  # type: ignore[arg-type]

@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import onnx
-
-from compiler.errors import PipelineError
-from compiler.frontend import check_supported, import_model, load_onnx
-from compiler.hardware import HardwareSpec, load_hardware
-from compiler.program import Program
-from passes.assign_devices import AssignDevices
-from passes.partition import Partition
-from passes.place import Place
-from passes.prune_inputs import PruneInputs
-from passes.schedule_links import ScheduleLinks
-from passes.split_matrices import SplitMatrices
+from anac.core.errors import PipelineError
+from anac.core.frontend import check_supported, import_model, load_onnx
+from anac.core.hardware import HardwareSpec, load_hardware
+from anac.core.program import Program
+from anac.passes.assign_devices import AssignDevices
+from anac.passes.partition import Partition
+from anac.passes.place import Place
+from anac.passes.prune_inputs import PruneInputs
+from anac.passes.schedule_links import ScheduleLinks
+from anac.passes.split_matrices import SplitMatrices
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def _plain(value: Any) -> bool:
 
 
 def _dump(prog: Program, where: Path, index: int, name: str) -> None:
-    from compiler.artifact import program_json
+    from anac.core.artifact import program_json
 
     where.mkdir(parents=True, exist_ok=True)
     (where / f"{index + 1:02d}_{name}.json").write_text(json.dumps(program_json(prog), indent=1, sort_keys=True))

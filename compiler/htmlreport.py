@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compiler.artifact import report_json
-from compiler.program import Program
-from compiler.views import placement_table
+from anac.core.artifact import report_json
+from anac.core.program import Program
+from anac.views import placement_table
 
 _CELL, _GAP = 46, 6
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from compiler.artifact import summary
-from compiler.estimates import energy
-from compiler.program import Program, Slice
+from anac.core.artifact import summary
+from anac.core.estimates import energy
+from anac.core.program import Program, Slice
 
 _SHADES = " .:-=+*#%@"  # tile utilisation 0 % .. 100 % in ten steps
 

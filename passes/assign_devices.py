@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from compiler.errors import AnacError, CapacityError
-from compiler.hardware import HardwareSpec
-from compiler.program import Program
+from anac.core.errors import AnacError, CapacityError
+from anac.core.hardware import HardwareSpec
+from anac.core.program import Program
 
 SCALES = ("tile", "column")
 _ERROR_SCALE = 1e9  # CP-SAT works on integers: squared relative errors in units of 1e-9
@@ -101,7 +101,7 @@ class AssignDevices:
                    or any(e not in self.sensitivity[n] for e in encs)]
         if missing:
             raise AnacError(f"a budgeted encoding choice needs each layer's measured sensitivity; none for "
-                            f"{', '.join(missing[:5])} (compile through compiler.api, which measures them)")
+                            f"{', '.join(missing[:5])} (compile through anac.api, which measures them)")
         weights = {n: _weights(prog, n) for n in chosen}
         per_tile = hw.devices_per_tile
         tile_budget = self._tile_budget(hw)

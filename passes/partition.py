@@ -16,12 +16,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
-
-from compiler.errors import ShapeError
-from compiler.ir import Graph, Node, node_reads
-from compiler.lowering import lower
-from compiler.program import MVM, Matrix, Program, Stage
-from compiler.recurrent import RECURRENT_OPS, Recurrent, absorbable_embedding, lower_recurrent
+from anac.core.errors import ShapeError
+from anac.core.ir import Graph, Node, node_reads
+from anac.core.lowering import lower
+from anac.core.program import MVM, Matrix, Program, Stage
+from anac.core.recurrent import RECURRENT_OPS, Recurrent, absorbable_embedding, lower_recurrent
 
 # Host stage models never go below this IR version: initializers need not be graph inputs from IR 4 on.
 _MIN_HOST_IR = 7

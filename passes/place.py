@@ -26,9 +26,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from compiler.dataflow import layer_tiles, link_bytes, output_on_chip
-from compiler.errors import AnacError, PlacementCapacityError
-from compiler.program import Program, Slice
+from anac.core.dataflow import layer_tiles, link_bytes, output_on_chip
+from anac.core.errors import AnacError, PlacementCapacityError
+from anac.core.program import Program, Slice
 
 
 @dataclass

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-
-from compiler.errors import AnacError
-from compiler.program import Matrix, Program
+from anac.core.errors import AnacError
+from anac.core.program import Matrix, Program
 
 
 @dataclass(frozen=True)

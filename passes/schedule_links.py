@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from compiler.dataflow import Task, tasks
-from compiler.program import Program
+from anac.core.dataflow import Task, tasks
+from anac.core.program import Program
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compiler.errors import AnacError
-from compiler.program import Program, Slice
+from anac.core.errors import AnacError
+from anac.core.program import Program, Slice
 
 STRATEGIES = ("fill", "even")
 

@@ -18,11 +18,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from anac.api import compile_model, verify
 from helpers import analog_nodes, assert_verified, check_placement, fused_activations, host_nodes, slice_blocks
 from threadpoolctl import threadpool_limits
 from torch import nn
-
-from compiler.api import compile_model, verify
 
 TOL = 1e-5
 _MVM_OPS = ("Gemm", "MatMul", "Conv")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from anac.api import compile_model, verify
+from anac.core.errors import ShapeError
 from helpers import (
     analog_nodes,
     assert_verified,
@@ -28,9 +30,6 @@ from helpers import (
     tensor,
     weights,
 )
-
-from compiler.api import compile_model, verify
-from compiler.errors import ShapeError
 
 TOL = 1e-5
 BATCH = 3

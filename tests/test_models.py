@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from anac.api import compile_model, load_program, make_inputs, model_inputs, save_program, verify
+from anac.core.frontend import load_onnx
 from helpers import check_placement
-
-from compiler.api import compile_model, load_program, make_inputs, model_inputs, save_program, verify
-from compiler.frontend import load_onnx
 
 MODELS = sorted((Path(__file__).parent.parent / "models").glob("*.onnx"))
 
@@ -52,7 +51,7 @@ def test_digits_mlp_on_the_real_test_split() -> None:
     assert report.outputs["logits"].argmax_agreement == 1.0
     # The compiled program classifies the digits as well as the float model (97.96 % on this split).
     prog = compile_model(root / "digits_mlp.onnx", input_shapes={"input": inputs["input"].shape})
-    from compiler.api import simulate
+    from anac.api import simulate
 
     logits = simulate(prog, inputs)["logits"]
     assert np.mean(logits.argmax(axis=1) == labels) > 0.95

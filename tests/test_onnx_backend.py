@@ -10,7 +10,7 @@ Three groups of tests:
    and run in anac's simulator, then compared by the suite with its stored
    outputs (rtol 1e-3, atol 1e-7, the suite's defaults).
 2. ``test_node_case_ideal``: the same Gemm/MatMul/Conv node cases, weights
-   bound, through ``compiler.api.verify`` at the ideal tolerance (relative
+   bound, through ``anac.api.verify`` at the ideal tolerance (relative
    error 1e-5 against onnxruntime), plus where each node went (crossbar or host).
 3. ``test_real_model_*``: each light_* model compiled and placed, its simulated
    output (and its pre-softmax logits) against onnxruntime on the same model.
@@ -29,12 +29,11 @@ import numpy as np
 import onnx
 import onnx.backend.test
 import pytest
+from anac.api import compile_model, simulate, verify
+from anac.core.program import Program
 from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 from onnx.backend.test.loader import load_model_tests
-
-from compiler.api import compile_model, simulate, verify
-from compiler.program import Program
 
 # --------------------------------------------------------------------------------------------------
 # Binding weight operands

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx.backend.test
 import pytest
+from anac.api import compile_model, load_program, save_program, simulate, verify
 from onnx.backend.test.loader import load_model_tests
 from test_onnx_backend import AnacBackend, bind_weights, weight_inputs
-
-from compiler.api import compile_model, load_program, save_program, simulate, verify
 
 PATTERN = re.compile(r"^test_(lstm|gru|simple_rnn|rnn)_\w+$")
 CASES = {c.name: c for c in load_model_tests(kind="node") if PATTERN.match(c.name) and "expanded" not in c.name}
@@ -84,9 +83,8 @@ def test_activation_clip_and_gate_options_match_onnxruntime(op: str, attrs: dict
 
 
 def test_nan_recurrent_weights_name_the_node(rng: np.random.Generator) -> None:
+    from anac.core.errors import UnsupportedModelError
     from helpers import const, make_model, node, tensor
-
-    from compiler.errors import UnsupportedModelError
 
     w = rng.standard_normal((1, 12, 4)).astype(np.float32)
     r = rng.standard_normal((1, 12, 3)).astype(np.float32)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from compiler.api import compile_model, verify
+from anac.api import compile_model, verify
 
 MODEL = Path(__file__).parents[1] / "models" / "rnnt_small.onnx"
 SHAPES = {"features": (8, 2, 8), "tokens": (3, 2)}
@@ -56,7 +55,7 @@ def _make_rnnt(**size: int):  # type: ignore[no-untyped-def]
 def test_embedding_is_absorbed_when_it_saves_devices(tmp_path: Path) -> None:
     import json
 
-    from compiler.api import save_program
+    from anac.api import save_program
 
     model = _make_rnnt(pred=40)  # 28 tokens < 40 inputs: Emb @ W^T replaces 40 crossbar rows
     prog = compile_model(model, input_shapes=SHAPES)

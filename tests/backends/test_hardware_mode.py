@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from anac.api import compile_model, load_inputs, load_program, save_program, verify
+from anac.backends.calibrate import calibrate
+from anac.backends.simulator import Simulator
+from anac.cli import main
+from anac.core.errors import AnacError, InputError
+from anac.core.hardware import load_hardware
 from click.testing import CliRunner
 from helpers import const, make_model, node, tensor, weights
-
-from backends.calibrate import calibrate
-from backends.simulator import Simulator
-from compiler.api import compile_model, load_inputs, load_program, save_program, verify
-from compiler.cli import main
-from compiler.errors import AnacError, InputError
-from compiler.hardware import load_hardware
 
 MODELS = Path(__file__).parents[2] / "models"
 DIGITS = MODELS / "digits_mlp.onnx"
@@ -105,7 +104,7 @@ def test_fused_relu_runs_at_the_tile_output_when_it_can(rng: np.random.Generator
     model = _gemm_relu(rng, k, bias)
     x = {"x": rng.standard_normal((64, k)).astype(np.float32)}
     prog = compile_model(model, calibration_data=x)
-    from backends.simulator import tile_activation
+    from anac.backends.simulator import tile_activation
 
     assert tile_activation(prog, prog.mvms["fc"]) is at_tile
     y = Simulator(prog, "hardware")

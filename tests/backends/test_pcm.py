@@ -7,11 +7,10 @@ import math
 
 import numpy as np
 import pytest
-
-from backends.analog import quantize_polarity, quantize_signed, quantize_unsigned
-from backends.pcm import PCMModel
-from compiler.conductance import combine, device_targets
-from compiler.hardware import IBM_PCM_14NM, DeviceModel, Encoding
+from anac.backends.analog import quantize_polarity, quantize_signed, quantize_unsigned
+from anac.backends.pcm import PCMModel
+from anac.core.conductance import combine, device_targets
+from anac.core.hardware import IBM_PCM_14NM, DeviceModel, Encoding
 
 N = 200_000
 SPEC = DeviceModel()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from anac.api import compile_model, simulate
+from anac.backends.simulator import Simulator
+from anac.backends.verify import compare
+from anac.core.errors import AnacError, InputError
 from helpers import check_placement, const, make_model, node, slice_blocks, tensor, weights
-
-from backends.simulator import Simulator
-from backends.verify import compare
-from compiler.api import compile_model, simulate
-from compiler.errors import AnacError, InputError
 
 
 def _ort(model, feeds):  # type: ignore[no-untyped-def]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anac.core.artifact as artifact
 import numpy as np
 import pytest
+from anac.api import compile_model, load_program, save_program, simulate
+from anac.core.errors import ArtifactError, HardwareSpecError
+from anac.core.hardware import IBM_PCM_14NM, MYTHIC_M1076, HardwareSpec, load_hardware
 from helpers import const, make_model, node, tensor, weights
-
-import compiler.artifact as artifact
-from compiler.api import compile_model, load_program, save_program, simulate
-from compiler.errors import ArtifactError, HardwareSpecError
-from compiler.hardware import IBM_PCM_14NM, MYTHIC_M1076, HardwareSpec, load_hardware
 
 
 def _model(rng: np.random.Generator):  # type: ignore[no-untyped-def]

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from anac.cli import main
 from click.testing import CliRunner
 from helpers import const, make_model, node, save, tensor
-
-from compiler.cli import main
 
 MODELS = Path(__file__).parents[2] / "models"
 KWS = MODELS / "kws_mlp.onnx"

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from anac.core.errors import ModelLoadError, ShapeError, UnsupportedModelError
+from anac.core.frontend import check_supported, find_unsupported, import_model, load_onnx
+from anac.core.lowering import lower
 from helpers import const, make_model, node, tensor, weights
-
-from compiler.errors import ModelLoadError, ShapeError, UnsupportedModelError
-from compiler.frontend import check_supported, find_unsupported, import_model, load_onnx
-from compiler.lowering import lower
 
 
 def _i64(*v: int) -> np.ndarray:

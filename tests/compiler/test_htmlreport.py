@@ -9,12 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from anac.api import compile_model, load_program, report_json, save_program, summary
+from anac.cli import main
+from anac.htmlreport import render_html
+from anac.views import placement_table
 from click.testing import CliRunner
-
-from compiler.api import compile_model, load_program, report_json, save_program, summary
-from compiler.cli import main
-from compiler.htmlreport import render_html
-from compiler.views import placement_table
 
 MODELS = Path(__file__).parents[2] / "models"
 RNNT_SHAPES = {"features": (8, 2, 8), "tokens": (3, 2)}

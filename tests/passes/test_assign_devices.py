@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from anac.api import compile_model, save_program
+from anac.core.errors import CapacityError
+from anac.core.hardware import IBM_PCM_14NM
 from helpers import matmul_chain
-
-from compiler.api import compile_model, save_program
-from compiler.errors import CapacityError
-from compiler.hardware import IBM_PCM_14NM
 
 MODELS = Path(__file__).parents[2] / "models"
 

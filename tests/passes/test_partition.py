@@ -6,10 +6,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from anac.api import verify
+from anac.driver import compile_model
 from helpers import assert_verified, const, fused_activations, host_nodes, make_model, node, tensor, weights
-
-from compiler.api import verify
-from compiler.driver import compile_model
 
 
 def _residual(rng: np.random.Generator) -> onnx.ModelProto:

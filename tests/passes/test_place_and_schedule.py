@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from anac.api import compile_model, save_program
+from anac.core.dataflow import tasks
+from anac.core.hardware import Links, load_hardware
+from anac.passes.place import assign_chips, proxy_cost
 from helpers import check_placement, matmul_chain
-
-from compiler.api import compile_model, save_program
-from compiler.dataflow import tasks
-from compiler.hardware import Links, load_hardware
-from passes.place import assign_chips, proxy_cost
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 

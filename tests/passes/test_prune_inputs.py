@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from anac.api import compile_model, load_program, save_program, simulate, verify
+from anac.core.errors import AnacError
 from helpers import const, make_model, node, tensor, weights
-
-from compiler.api import compile_model, load_program, save_program, simulate, verify
-from compiler.errors import AnacError
 
 MODELS = Path(__file__).parents[2] / "models"
 

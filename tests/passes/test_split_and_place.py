@@ -6,12 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from anac.core.errors import AnacError, CapacityError
+from anac.core.hardware import IBM_PCM_14NM, load_hardware
+from anac.driver import PIPELINE, compile_model
+from anac.passes.split_matrices import _ranges
 from helpers import check_placement, const, make_model, matmul_chain, node, shares_tile_lines, tensor, weights
-
-from compiler.driver import PIPELINE, compile_model
-from compiler.errors import AnacError, CapacityError
-from compiler.hardware import IBM_PCM_14NM, load_hardware
-from passes.split_matrices import _ranges
 
 # The pipeline up to and including split_matrices: its slices, before place packs (and cuts) them.
 SPLIT_ONLY = PIPELINE[:[p.name for p in PIPELINE].index("split_matrices") + 1]

@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-
-from compiler import __version__
-from compiler.errors import ArtifactError
-from compiler.estimates import energy
-from compiler.hardware import HardwareSpec
-from compiler.ir import Graph, TensorInfo
-from compiler.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
-from compiler.recurrent import Cell, Recurrent
+from anac import __version__
+from anac.core.errors import ArtifactError
+from anac.core.estimates import energy
+from anac.core.hardware import HardwareSpec
+from anac.core.ir import Graph, TensorInfo
+from anac.core.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
+from anac.core.recurrent import Cell, Recurrent
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps keep weights.npz byte-identical
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from compiler.program import MVM, Program
+from anac.core.program import MVM, Program
 
 BYTES_PER_ELEMENT = 1  # 8-bit inputs and outputs
 

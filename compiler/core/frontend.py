@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.version_converter
+from anac.core.errors import InvalidWeightsError, ModelLoadError, ShapeError, UnsupportedModelError
+from anac.core.ir import Dim, Graph, Node, TensorInfo, node_reads
+from anac.core.lowering import ANALOG_OPS, lower
+from anac.core.recurrent import RECURRENT_OPS, lower_recurrent
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
-
-from compiler.errors import InvalidWeightsError, ModelLoadError, ShapeError, UnsupportedModelError
-from compiler.ir import Dim, Graph, Node, TensorInfo, node_reads
-from compiler.lowering import ANALOG_OPS, lower
-from compiler.recurrent import RECURRENT_OPS, lower_recurrent
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-
-from compiler.conductance import device_targets
-from compiler.hardware import HardwareSpec
-from compiler.ir import Graph, TensorInfo
+from anac.core.conductance import device_targets
+from anac.core.hardware import HardwareSpec
+from anac.core.ir import Graph, TensorInfo
 
 FORMAT_NAME = "anac-program"
 FORMAT_VERSION = 1
@@ -140,7 +139,7 @@ class Program:
     # partition
     stages: list[Stage] | None = None
     tensor_elements: dict[str, int] = field(default_factory=dict)  # elements of tensors between stages
-    recurrent: dict[str, Any] = field(default_factory=dict)  # node -> compiler.recurrent.Recurrent
+    recurrent: dict[str, Any] = field(default_factory=dict)  # node -> anac.core.recurrent.Recurrent
     mvms: dict[str, MVM] | None = None
     matrices: dict[str, Matrix] | None = None
     # prune_inputs: {matrix: {"rows": before, "kept": after}}

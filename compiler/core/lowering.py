@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
-from compiler.errors import InvalidWeightsError
-from compiler.ir import Graph, Node
-from compiler.program import MVM, Matrix
+from anac.core.errors import InvalidWeightsError
+from anac.core.ir import Graph, Node
+from anac.core.program import MVM, Matrix
 
 ANALOG_OPS = ("Gemm", "MatMul", "Conv")
 _FLOAT = onnx.TensorProto.FLOAT

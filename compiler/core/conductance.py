@@ -19,8 +19,7 @@ squeeze every other weight into a few levels.
 from __future__ import annotations
 
 import numpy as np
-
-from compiler.hardware import Encoding
+from anac.core.hardware import Encoding
 
 
 def pair_signs(encoding: Encoding) -> np.ndarray:

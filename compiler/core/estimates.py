@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compiler.dataflow import tasks
-from compiler.program import Program
+from anac.core.dataflow import tasks
+from anac.core.program import Program
 
 
 def energy(prog: Program) -> dict[str, Any]:

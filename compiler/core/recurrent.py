@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from anac.core.ir import Graph, Node
+from anac.core.lowering import check_finite
+from anac.core.program import MVM, Matrix
 from onnx import TensorProto, helper, numpy_helper
-
-from compiler.ir import Graph, Node
-from compiler.lowering import check_finite
-from compiler.program import MVM, Matrix
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from compiler.errors import HardwareSpecError
+from anac.core.errors import HardwareSpecError
 
 
 @dataclass(frozen=True)
