@@ -34,8 +34,8 @@ from anac.passes.assign_devices import tile_budget
 from anac.passes.partition import Partition
 
 __all__ = ["PIPELINE", "Simulator", "calibrate", "check", "compile_model", "compile_to", "default_output",
-           "load_inputs", "load_program", "make_inputs", "model_inputs", "parse_times", "report_json", "save_program",
-           "simulate", "summary", "verify"]
+           "load_inputs", "load_labels", "load_program", "make_inputs", "model_inputs", "parse_times", "report_json",
+           "save_program", "simulate", "split_labels", "summary", "verify"]
 
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,10 @@ def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int
     """Seeded random inputs: static dims as declared, a symbolic first dim set to ``batch`` (default 1)."""
     rng = np.random.default_rng(seed)
     given = input_shapes or {}
+    if batch is not None and not any(t.shape and not isinstance(t.shape[0], int)
+                                     for t in infos if t.name not in given):
+        raise ShapeError(f"--batch {batch}: no input of the model has a symbolic leading (batch) dim (inputs: "
+                         + ", ".join(f"{t.name} {list(t.shape or [])}" for t in infos) + ")")
     out = {}
     for t in infos:
         if t.elem_type == 0:
@@ -183,13 +187,39 @@ def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int
 
 def _dim(t: TensorInfo, i: int, d: int | str | None, batch: int | None) -> int:
     if isinstance(d, int):
-        if i == 0 and batch is not None and batch != d:
-            raise ShapeError(f"input '{t.name}' has a fixed first dim of {d}; --batch {batch} cannot apply")
         return d
     if i == 0:
         return 1 if batch is None else batch
     raise ShapeError(f"input '{t.name}': dim {i} is symbolic ('{d or '?'}'); give its value with --input-shape "
                      f"{t.name}=" + ",".join(str(x) if isinstance(x, int) else "1" for x in t.shape or ()))
+
+
+def load_labels(spec: str | Path, inputs_path: str | Path | None = None) -> np.ndarray:
+    """Accuracy labels from ``FILE.npz[:KEY]`` (KEY defaults to ``labels``)."""
+    text = str(spec)
+    path, key = text, "labels"
+    head, sep, tail = text.rpartition(":")
+    if sep and head and "/" not in tail and not Path(text).exists():
+        path, key = head, tail or "labels"
+    arrays = load_inputs(path)
+    if key not in arrays:
+        raise InputError(f"no array '{key}' in {path} for the labels; it holds: {', '.join(arrays) or '(none)'}")
+    labels = arrays[key]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels '{key}' in {path} must be a 1-D integer array (one class per sample); "
+                         f"got {labels.dtype} {list(labels.shape)}")
+    return labels
+
+
+def split_labels(declared: Sequence[TensorInfo], inputs: Mapping[str, np.ndarray],
+                 labels: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The model's inputs and the accuracy labels: a key ``labels`` is taken as labels only when no
+    labels were given and the model has no input of that name."""
+    names = {t.name for t in declared}
+    if labels is None and "labels" in inputs and "labels" not in names:
+        labels = np.asarray(inputs["labels"])
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    return {k: np.asarray(v) for k, v in inputs.items()}, labels
 
 
 def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
@@ -220,11 +250,13 @@ def verify(
     repeats: int = 1,
     drift_compensation: bool = True,
     calibration_data: Mapping[str, np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
 ) -> VerifyReport | HardwareVerifyReport:
     """Compile (unless ``program`` is given), simulate, and compare with onnxruntime on the original model.
 
-    ``inputs`` may hold a ``labels`` array (hardware mode then reports top-1
-    accuracy). Hardware mode programs ``repeats`` chip instances from ``seed``
+    With ``labels`` (one class per sample) hardware mode reports top-1
+    accuracy; without, a ``labels`` array in ``inputs`` is taken as labels when
+    the model has no input of that name. Hardware mode programs ``repeats`` chip instances from ``seed``
     and reads them at each of ``times`` ("1s,1h,1d,1y"); a program without
     calibrated I/O ranges is calibrated on ``calibration_data`` (or the stated
     random fallback).
@@ -236,13 +268,11 @@ def verify(
     declared = model_inputs(proto)
     if isinstance(program, (str, Path)):
         program = load_program(program)
-    labels = None
     if inputs is None:
         infos = program.inputs if program is not None else declared
         inputs = make_inputs(infos, batch, seed, input_shapes)
     else:
-        labels = inputs.get("labels")
-        inputs = {k: np.asarray(v) for k, v in inputs.items() if k != "labels"}
+        inputs, labels = split_labels(declared, inputs, labels)
         check_inputs(declared, inputs)
     if program is None:
         program = compile_model(proto, input_shapes={k: v.shape for k, v in inputs.items()},

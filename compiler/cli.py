@@ -82,6 +82,8 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(), default=None, help="Program directory (default MODEL.anac).")
 @_hw_option
 @_shape_option
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Bind the inputs' symbolic leading (batch) dim to this value (default 1).")
 @click.option("--encoding", default=None, metavar="ENC|LAYER=ENC,...",
               help="Weight encoding for every layer, or per layer (e.g. 4-PCM,fc0=2-PCM); default: the hardware's.")
 @click.option("--scale", type=click.Choice(["tile", "column"]), default=None,
@@ -104,9 +106,10 @@ def main() -> None:
 @_json_option
 @_command
 def compile_cmd(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...],
-                encoding: str | None, scale: str | None, clip_sigma: float | None, split_strategy: str | None,
-                prune: str | None, chips: int | None, tiles: int | None, pcm_per_weight: float | None,
-                time_limit: float | None, max_chips: int | None, calibration_data: str | None,
+                batch: int | None, encoding: str | None, scale: str | None, clip_sigma: float | None,
+                split_strategy: str | None, prune: str | None, chips: int | None, tiles: int | None,
+                pcm_per_weight: float | None, time_limit: float | None, max_chips: int | None,
+                calibration_data: str | None,
                 dump_dir: str | None, as_json: bool) -> None:
     """Compile MODEL (.onnx) into a program directory."""
     from dataclasses import replace
@@ -120,7 +123,7 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
     if limit is not None:
         spec = replace(spec, max_chips=limit).validate()
     calib = load_inputs(calibration_data) if calibration_data else None
-    prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape),
+    prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape), batch=batch,
                            options={"encoding": encoding, "strategy": split_strategy, "scale": scale,
                                     "clip_sigma": clip_sigma, "prune": prune, "chips": chips, "tiles": tiles,
                                     "pcm_per_weight": pcm_per_weight, "time_limit_s": time_limit},
@@ -207,7 +210,10 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
 @click.option("--program", type=click.Path(file_okay=False), default=None, help="A compiled program to verify.")
 @click.option("--inputs", type=click.Path(dir_okay=False, exists=True), default=None,
               help=".npz of inputs keyed by input name.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch of seeded random inputs.")
+@click.option("--labels", "labels", default=None, metavar="FILE.npz[:KEY]",
+              help="Accuracy labels (KEY defaults to labels; FILE may be the inputs file).")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Batch of seeded random inputs (binds the symbolic leading dim; default 1).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random inputs and of the first programmed chip instance.")
 @click.option("--mode", type=click.Choice(["ideal", "hardware"]), default="ideal", show_default=True,
@@ -225,11 +231,11 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
 @_shape_option
 @_json_option
 @_command
-def verify_cmd(model: str, program: str | None, inputs: str | None, batch: int | None, seed: int, mode: str,
-               times: str, repeats: int, drift_compensation: bool, calibration_data: str | None,
+def verify_cmd(model: str, program: str | None, inputs: str | None, labels: str | None, batch: int | None,
+               seed: int, mode: str, times: str, repeats: int, drift_compensation: bool, calibration_data: str | None,
                tolerance: float | None, hardware: str | None, input_shape: tuple[str, ...], as_json: bool) -> None:
     """Simulate the compiled MODEL and compare it with onnxruntime on the original."""
-    from anac.api import load_inputs, parse_times, verify
+    from anac.api import load_inputs, load_labels, parse_times, verify
 
     if inputs is not None and batch is not None:
         raise click.UsageError("--batch makes random inputs; it cannot be used with --inputs")
@@ -237,7 +243,8 @@ def verify_cmd(model: str, program: str | None, inputs: str | None, batch: int |
     rep = verify(model, program=program, inputs=load_inputs(inputs) if inputs else None, batch=batch, seed=seed,
                  mode=mode, tolerance=tolerance, input_shapes=_parse_shapes(input_shape), hardware=hardware,
                  times=when, repeats=repeats, drift_compensation=drift_compensation,
-                 calibration_data=load_inputs(calibration_data) if calibration_data else None)
+                 calibration_data=load_inputs(calibration_data) if calibration_data else None,
+                 labels=load_labels(labels) if labels else None)
     if as_json:
         _json_out(rep.to_json())
     elif mode == "hardware":

@@ -76,12 +76,16 @@ def compile_model(
     *,
     hardware: HardwareSpec | str | Path | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    batch: int | None = None,
     options: Mapping[str, Any] | None = None,
     dump_dir: str | Path | None = None,
     pipeline: Sequence[Pass] = PIPELINE,
     progress: Callable[[str], None] | None = None,
 ) -> Program:
-    """Compile an ONNX model (path or ModelProto) into a placed Program."""
+    """Compile an ONNX model (path or ModelProto) into a placed Program.
+
+    A symbolic leading (batch) dim of an input is bound to ``batch`` (default 1).
+    """
     say = progress or log.info
     spec = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
     options = dict(options or {})
@@ -89,7 +93,7 @@ def compile_model(
     check_pipeline(passes)
     t0 = time.perf_counter()
     proto = load_onnx(model)
-    graph = import_model(proto, input_shapes)
+    graph = import_model(proto, input_shapes, batch=batch)
     del proto
     check_supported(graph)
     frontend_s = time.perf_counter() - t0

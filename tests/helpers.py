@@ -6,6 +6,7 @@ live in conftest.py.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,6 +66,11 @@ def analog_nodes(prog) -> set[str]:  # type: ignore[no-untyped-def]
 def host_nodes(prog) -> set[str]:  # type: ignore[no-untyped-def]
     """Names of the nodes in host stages."""
     return {n for st in prog.stages or [] if st.kind == "host" for n in st.nodes}
+
+
+def host_ops(prog) -> Counter:  # type: ignore[no-untyped-def]
+    """How many host nodes of each op type."""
+    return Counter(prog.graph.node(n).op_type for n in host_nodes(prog))
 
 
 def fused_activations(prog) -> set[str]:  # type: ignore[no-untyped-def]

@@ -73,11 +73,13 @@ def load_onnx(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 default_dim: int | None = None) -> Graph:
+                 default_dim: int | None = None, batch: int | None = None) -> Graph:
     """Lower a loaded ModelProto to a Graph with bound shapes and folded constants.
 
     Symbolic input dims take their value from ``input_shapes`` (by input, and by
-    dim name across inputs), else ``default_dim`` when given, else it is an error.
+    dim name across inputs); a symbolic leading (batch) dim then takes ``batch``
+    (default 1, said once on the log); any other dim takes ``default_dim`` when
+    given, else it is an error.
     """
     model = _upgrade_opset(model)
     g = model.graph
@@ -88,7 +90,7 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
             sp.values.name, sp.values.data_type, list(sp.dims), _densify(sp)))
     inputs = [tensor_info(v) for v in g.input if v.name not in constants]
     outputs = [tensor_info(v) for v in g.output]
-    inputs = _bind_shapes(inputs, input_shapes or {}, default_dim)
+    inputs = _bind_shapes(inputs, input_shapes or {}, default_dim, batch)
     nodes = _named_nodes(g.node)
     graph = Graph(g.name or "model", nodes, inputs, outputs, constants, {}, opset, int(model.ir_version),
                   tuple(model.functions))
@@ -209,7 +211,7 @@ def tensor_info(v: onnx.ValueInfoProto) -> TensorInfo:
 
 
 def _bind_shapes(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]],
-                 default_dim: int | None) -> list[TensorInfo]:
+                 default_dim: int | None, batch: int | None = None) -> list[TensorInfo]:
     names = [t.name for t in inputs]
     unknown = [n for n in given if n not in names]
     if unknown:
@@ -230,6 +232,7 @@ def _bind_shapes(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]],
                                      f"--input-shape gives {v}")
                 if isinstance(d, str):
                     symbols.setdefault(d, v)
+    leading = _bind_batch(inputs, given, symbols, batch)
     bound = []
     for t in inputs:
         if t.elem_type == 0 or t.shape is None:
@@ -246,6 +249,8 @@ def _bind_shapes(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]],
                 dims.append(d)
             elif isinstance(d, str) and d in symbols:
                 dims.append(symbols[d])
+            elif i == 0 and t.name in leading:
+                dims.append(leading[t.name])
             elif default_dim is not None:
                 dims.append(default_dim)
             else:
@@ -255,6 +260,35 @@ def _bind_shapes(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]],
                                  f"bind it with --input-shape {t.name}={example}")
         bound.append(TensorInfo(t.name, t.elem_type, tuple(dims)))
     return bound
+
+
+def _bind_batch(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]], symbols: dict[str, int],
+                batch: int | None) -> dict[str, int]:
+    """Bind every symbolic leading dim not given otherwise to ``batch`` (default 1); inputs -> value.
+
+    Exporters write the batch as a symbolic first dim (skl2onnx always, torch with a dynamic batch);
+    the mapping does not depend on it, so it defaults to 1 rather than stopping the user.
+    """
+    if batch is not None and batch < 1:
+        raise ShapeError(f"--batch must be a positive whole number, got {batch}")
+    free = [t for t in inputs if t.name not in given and t.elem_type != 0 and t.shape
+            and not isinstance(t.shape[0], int) and not (isinstance(t.shape[0], str) and t.shape[0] in symbols)]
+    if batch is not None and not free:
+        shapes = ", ".join(f"{t.name} {_fmt(t.shape or ())}" for t in inputs) or "(none)"
+        raise ShapeError(f"--batch {batch}: no input of the model has a symbolic leading (batch) dim to bind "
+                         f"(inputs: {shapes}); use --input-shape to set other dims")
+    value = 1 if batch is None else batch
+    leading: dict[str, int] = {}
+    for t in free:
+        d = t.shape[0]  # type: ignore[index]
+        if isinstance(d, str):
+            symbols.setdefault(d, value)
+        leading[t.name] = value
+    if free and batch is None:
+        names = sorted({str(t.shape[0] or "?") for t in free})  # type: ignore[index]
+        log.warning("symbolic batch dim %s of input(s) %s bound to 1 (--batch N, or batch=N in the API, binds it to N)",
+                    ", ".join(f"'{n}'" for n in names), ", ".join(t.name for t in free))
+    return leading
 
 
 def _fmt(shape: Sequence[Dim]) -> str:

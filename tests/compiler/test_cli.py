@@ -204,12 +204,30 @@ def test_nan_weights_name_the_node(tmp_path: Path, rng: np.random.Generator) -> 
     assert_clean_error(code, err, "'dense_1' (Gemm)", "1 NaN", "(4, 1)")
 
 
-def test_symbolic_dim_without_value(tmp_path: Path) -> None:
+def test_symbolic_batch_binds_to_one_or_to_batch(tmp_path: Path) -> None:
+    def shape(prog: Path) -> list[int]:
+        return json.loads((prog / "program.json").read_text())["inputs"][0]["shape"]
+
     code, _, err = run("compile", DIGITS, "-o", tmp_path / "d.anac")
-    assert_clean_error(code, err, "input 'input'", "symbolic ('N')", "--input-shape input=1,64")
+    assert code == 0, err
+    assert "symbolic batch dim 'N' of input(s) input bound to 1" in err and shape(tmp_path / "d.anac") == [1, 64]
+    assert run("compile", DIGITS, "-o", tmp_path / "b.anac", "--batch", "3", "-q")[0] == 0
+    assert shape(tmp_path / "b.anac") == [3, 64]
+    code, _, _ = run("compile", DIGITS, "-o", tmp_path / "s.anac", "--input-shape", "input=5,64", "-q")
+    assert code == 0 and shape(tmp_path / "s.anac") == [5, 64]
+    for bad in ("0", "-2"):
+        code, _, err = run("compile", DIGITS, "-o", tmp_path / "z.anac", "--batch", bad)
+        assert code == 2 and "--batch" in err
+    assert not (tmp_path / "z.anac").exists()
+
+
+def test_symbolic_dim_other_than_batch_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    m = make_model([node("MatMul", ["x", "w"], ["y"])], [tensor("x", ["N", "T", 16])], [tensor("y", ["N", "T", 8])],
+                   [const("w", rng.standard_normal((16, 8)).astype(np.float32))])
+    code, _, err = run("compile", save(m, tmp_path), "-o", tmp_path / "m.anac")
+    assert_clean_error(code, err, "input 'x'", "dim 1 is symbolic ('T')", "--input-shape x=1,1,16")
     assert leftovers(tmp_path) == []
-    code, _, _ = run("compile", DIGITS, "-o", tmp_path / "d.anac", "--input-shape", "input=5,64", "-q")
-    assert code == 0 and json.loads((tmp_path / "d.anac" / "program.json").read_text())["inputs"][0]["shape"] == [5, 64]
+    assert run("compile", save(m, tmp_path), "-o", tmp_path / "m.anac", "--input-shape", "x=2,7,16", "-q")[0] == 0
 
 
 def test_bad_input_shape_option(tmp_path: Path) -> None:
@@ -261,9 +279,12 @@ def test_verify_rejects_wrong_inputs(tmp_path: Path, case: str, needle: str) -> 
     assert_clean_error(code, err, needle)
 
 
-def test_batch_on_a_fixed_batch_model_is_an_error() -> None:
+def test_batch_on_a_fixed_batch_model_is_an_error(tmp_path: Path) -> None:
     code, _, err = run("verify", KWS, "--batch", "4")
-    assert_clean_error(code, err, "fixed first dim of 1", "--batch 4")
+    assert_clean_error(code, err, "no input of the model has a symbolic leading (batch) dim", "--batch 4")
+    code, _, err = run("compile", KWS, "--batch", "4", "-o", tmp_path / "k.anac")
+    assert_clean_error(code, err, "no input of the model has a symbolic leading (batch) dim", "--batch 4")
+    assert leftovers(tmp_path) == []
 
 
 def test_hardware_file_errors_and_overrides(tmp_path: Path) -> None:

@@ -67,9 +67,13 @@ def test_symbolic_dims_bind_by_input_and_by_dim_name(rng: np.random.Generator) -
     g = import_model(m, {"a": [3, 4]})
     assert [t.shape for t in g.inputs] == [(3, 4), (3, 4)]
     assert g.info("y").shape == (3, 2)  # type: ignore[union-attr]
-    with pytest.raises(ShapeError, match=r"input 'a' \[N, 4\]: dim 0 is symbolic \('N'\)"):
-        import_model(m)
+    assert [t.shape for t in import_model(m).inputs] == [(1, 4), (1, 4)]  # the batch defaults to 1
+    assert [t.shape for t in import_model(m, batch=5).inputs] == [(5, 4), (5, 4)]
     assert import_model(m, default_dim=1).inputs[1].shape == (1, 4)
+    inner = make_model([node("MatMul", ["a", "w"], ["y"])], [tensor("a", ["N", "T", 4])],
+                       [tensor("y", ["N", "T", 2])], [const("w", weights(rng, 4, 2))])
+    with pytest.raises(ShapeError, match=r"input 'a' \[N, T, 4\]: dim 1 is symbolic \('T'\).*--input-shape a=1,1,4"):
+        import_model(inner)
 
 
 @pytest.mark.parametrize("shapes,match", [
@@ -86,7 +90,9 @@ def test_bad_input_shapes(shapes: dict[str, list[int]], match: str) -> None:
 
 def test_unknown_dim_without_name_is_reported(rng: np.random.Generator) -> None:
     m = make_model([node("Relu", ["a"], ["y"])], [tensor("a", [None, 4])], [tensor("y", [None, 4])])
-    with pytest.raises(ShapeError, match=r"dim 0 is unknown"):
+    assert import_model(m).inputs[0].shape == (1, 4)  # an unnamed leading dim is the batch too
+    m = make_model([node("Relu", ["a"], ["y"])], [tensor("a", [2, None])], [tensor("y", [2, None])])
+    with pytest.raises(ShapeError, match=r"dim 1 is unknown"):
         import_model(m)
 
 
