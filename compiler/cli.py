@@ -64,7 +64,8 @@ def _json_out(obj: Any) -> None:
 _shape_option = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,...",
                              help="Bind an input's shape (symbolic dims); repeatable.")
 _hw_option = click.option("--hardware", type=click.Path(dir_okay=False), default=None,
-                          help="Hardware description (JSON or TOML): a preset plus overrides.")
+                          help="A preset name (see `anac presets`) or a hardware description (JSON or TOML): "
+                               "a preset plus overrides.")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 _calibration_option = click.option(
     "--calibration-data", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -211,7 +212,7 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random inputs and of the first programmed chip instance.")
 @click.option("--mode", type=click.Choice(["ideal", "hardware"]), default="ideal", show_default=True,
-              help="ideal: float weights, no noise; hardware: PCM device model and 8-bit I/O.")
+              help="ideal: float weights, no noise; hardware: the device model of the hardware's family and its I/O.")
 @click.option("--t", "times", default="1s", show_default=True, metavar="T1,T2,...",
               help="Hardware mode: times after programming (s, m, h, d, w, y), e.g. 1s,1h,1d,1y.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
