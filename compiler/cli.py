@@ -291,5 +291,33 @@ def passes_cmd(as_json: bool) -> None:
                    f"produces: {', '.join(r['produces'])}; options: {opts}")
 
 
+@main.command("presets")
+@_json_option
+@_command
+def presets_cmd(as_json: bool) -> None:
+    """List the hardware presets: device family, tiles, array size, devices per weight, bits and sources."""
+    from anac.core.hardware import PRESETS
+
+    rows = []
+    for hw in PRESETS.values():
+        enc = hw.encoding(hw.default_encoding)
+        rows.append({"name": hw.name, "family": hw.device.family, "tiles_per_chip": hw.tiles_per_chip,
+                     "array": [hw.tile_rows, hw.tile_cols], "devices_per_cell": hw.devices_per_cell,
+                     "encoding": enc.name, "devices_per_weight": enc.devices_per_weight,
+                     "bits_per_device": enc.bits_per_device, "input_bits": hw.input_bits,
+                     "output_bits": hw.output_bits, "sources": dict(hw.device.sources)})
+    if as_json:
+        _json_out({"presets": rows})
+        return
+    for r in rows:
+        bits = f"{r['bits_per_device']}-bit" if r["bits_per_device"] else "analog"
+        click.echo(f"{r['name']}: {r['family']}, {r['tiles_per_chip']} tiles of {r['array'][0]} x {r['array'][1]} "
+                   f"cells ({r['devices_per_cell']} devices each), {r['encoding']}: {r['devices_per_weight']} "
+                   f"device(s) per weight, {bits} devices, {r['input_bits']}-bit in / "
+                   f"{r['output_bits']}-bit out")
+        for k, v in r["sources"].items():
+            click.echo(f"    {k}: {v}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
