@@ -51,6 +51,9 @@ RERAM_SOURCES = {
 }
 
 
+FAMILY_SOURCES = {"pcm": PCM_SOURCES, "flash": FLASH_SOURCES, "ecram": ECRAM_SOURCES, "reram": RERAM_SOURCES}
+
+
 @dataclass(frozen=True)
 class Encoding:
     """How one weight is stored: devices per weight, and weights per unit cell.
@@ -420,6 +423,9 @@ def _sub(cls: type, value: Any, base: Any, where: str) -> Any:
     if cls is DeviceModel and "kind" in value:  # saved before device families: kind is the family
         value.setdefault("family", value.pop("kind"))
         value.pop("kind", None)
+    if cls is DeviceModel and base is not None and value.get("family", base.family) != base.family:
+        # another family than the preset's: its own sources, not the preset's
+        value.setdefault("sources", dict(FAMILY_SOURCES.get(value["family"], {})))
     try:
         return replace(base, **value) if base is not None else cls(**value)
     except TypeError as e:

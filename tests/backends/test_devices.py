@@ -197,7 +197,8 @@ def test_bad_device_fields_name_the_field_and_range(tmp_path: Path, device: dict
 def test_missing_family_defaults_and_legacy_kind_is_read(tmp_path: Path) -> None:
     f = tmp_path / "hw.json"
     f.write_text(json.dumps({"preset": "ibm-pcm-14nm", "device": {"kind": "flash"}}))
-    assert load_hardware(f).device.family == "flash"
+    hw = load_hardware(f)
+    assert hw.device.family == "flash" and "flash_read_sigma" in hw.device.sources  # the family's own sources
     assert DeviceModel().family == "pcm"
 
 
@@ -220,6 +221,16 @@ def test_presets_command_lists_every_preset() -> None:
     assert any("proxy" in v for v in rows["mythic-m1076"]["sources"].values())
     text = CliRunner().invoke(main, ["presets"])
     assert text.exit_code == 0 and all(name in text.output for name in PRESETS)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_verify_in_hardware_mode_on_every_preset(preset: str) -> None:
+    out = CliRunner().invoke(main, ["verify", str(MODELS / "digits_mlp.onnx"), "--mode", "hardware", "--hardware",
+                                    preset, "--inputs", str(MODELS / "digits_test.npz"), "--calibration-data",
+                                    str(MODELS / "digits_calib.npz"), "--t", "1s,1d", "--json", "-q"])
+    assert out.exit_code == 0, out.output
+    rep = json.loads(out.output)
+    assert rep["passed"], rep
 
 
 # --- direction tests on the digits MLP ---
