@@ -12,7 +12,7 @@ input landing pads (PWM durations) and the ramp-based output conversion.
 from __future__ import annotations
 
 import numpy as np
-from anac.backends.pcm import PCMModel
+from anac.backends.devices import DeviceFamily, family_model
 from anac.core.conductance import combine
 from anac.core.errors import AnacError
 from anac.core.hardware import DeviceModel, Encoding
@@ -27,18 +27,16 @@ class NoiselessModel:
     def program(self, g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return g
 
-    def drift_exponents(self, g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def state(self, targets: np.ndarray, g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.zeros_like(g)
 
     def read(self, g: np.ndarray, nu: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarray:
         return g
 
 
-def device_model(spec: DeviceModel) -> PCMModel | NoiselessModel:
-    """The statistical model of the spec's device technology."""
-    if spec.kind == "pcm":
-        return PCMModel(spec)
-    return NoiselessModel()
+def device_model(spec: DeviceModel) -> DeviceFamily:
+    """The statistical model of the spec's device family (anac.backends.devices.FAMILIES)."""
+    return family_model(spec)
 
 
 class ProgrammedChip:
@@ -73,14 +71,14 @@ def _check_time(t: float) -> float:
 class ProgrammedDevices:
     """The devices of one slice, programmed once: conductances, drift exponents, reference read."""
 
-    def __init__(self, model: PCMModel | NoiselessModel, targets: np.ndarray, scale: np.ndarray, enc: Encoding,
+    def __init__(self, model: DeviceFamily, targets: np.ndarray, scale: np.ndarray, enc: Encoding,
                  g_max: float, rng: np.random.Generator) -> None:
         self.model, self.enc, self.scale = model, enc, scale
         t32 = targets.astype(np.float32)
         g = model.program(t32, rng)
         if enc.devices_per_weight == 4 and enc.significance_factor != 1.0:
             g = self._program_lsb(g, t32, g_max, rng)
-        self.g, self.nu = g, model.drift_exponents(t32, rng)
+        self.g, self.nu = g, model.state(t32, g, rng)  # nu: per-device state (PCM: drift exponents)
         self.reference = 0.0
 
     def _program_lsb(self, g: np.ndarray, t: np.ndarray, g_max: float, rng: np.random.Generator) -> np.ndarray:

@@ -64,7 +64,8 @@ def _json_out(obj: Any) -> None:
 _shape_option = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,...",
                              help="Bind an input's shape (symbolic dims); repeatable.")
 _hw_option = click.option("--hardware", type=click.Path(dir_okay=False), default=None,
-                          help="Hardware description (JSON or TOML): a preset plus overrides.")
+                          help="A preset name (see `anac presets`) or a hardware description (JSON or TOML): "
+                               "a preset plus overrides.")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 _calibration_option = click.option(
     "--calibration-data", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -217,7 +218,7 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random inputs and of the first programmed chip instance.")
 @click.option("--mode", type=click.Choice(["ideal", "hardware"]), default="ideal", show_default=True,
-              help="ideal: float weights, no noise; hardware: PCM device model and 8-bit I/O.")
+              help="ideal: float weights, no noise; hardware: the device model of the hardware's family and its I/O.")
 @click.option("--t", "times", default="1s", show_default=True, metavar="T1,T2,...",
               help="Hardware mode: times after programming (s, m, h, d, w, y), e.g. 1s,1h,1d,1y.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
@@ -295,6 +296,34 @@ def passes_cmd(as_json: bool) -> None:
         opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items()) or "-"
         click.echo(f"{i}. {r['name']}: {r['doc']}\n     requires: {', '.join(r['requires'])}; "
                    f"produces: {', '.join(r['produces'])}; options: {opts}")
+
+
+@main.command("presets")
+@_json_option
+@_command
+def presets_cmd(as_json: bool) -> None:
+    """List the hardware presets: device family, tiles, array size, devices per weight, bits and sources."""
+    from anac.core.hardware import PRESETS
+
+    rows = []
+    for hw in PRESETS.values():
+        enc = hw.encoding(hw.default_encoding)
+        rows.append({"name": hw.name, "family": hw.device.family, "tiles_per_chip": hw.tiles_per_chip,
+                     "array": [hw.tile_rows, hw.tile_cols], "devices_per_cell": hw.devices_per_cell,
+                     "encoding": enc.name, "devices_per_weight": enc.devices_per_weight,
+                     "bits_per_device": enc.bits_per_device, "input_bits": hw.input_bits,
+                     "output_bits": hw.output_bits, "sources": dict(hw.device.sources)})
+    if as_json:
+        _json_out({"presets": rows})
+        return
+    for r in rows:
+        bits = f"{r['bits_per_device']}-bit" if r["bits_per_device"] else "analog"
+        click.echo(f"{r['name']}: {r['family']}, {r['tiles_per_chip']} tiles of {r['array'][0]} x {r['array'][1]} "
+                   f"cells ({r['devices_per_cell']} devices each), {r['encoding']}: {r['devices_per_weight']} "
+                   f"device(s) per weight, {bits} devices, {r['input_bits']}-bit in / "
+                   f"{r['output_bits']}-bit out")
+        for k, v in r["sources"].items():
+            click.echo(f"    {k}: {v}")
 
 
 if __name__ == "__main__":  # pragma: no cover

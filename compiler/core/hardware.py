@@ -9,11 +9,49 @@ M1076-like flash preset shows the same fields describing another chip.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from anac.core.errors import HardwareSpecError
+
+PCM_SOURCES = {
+    "family": "aihwkit PCMLikeNoiseModel; Nandakumar et al. 2019, Joshi et al. 2020",
+}
+
+FLASH_SOURCES = {
+    "family": "NOR flash analog compute (Mythic M1076 class); no per-cell statistics published",
+    "flash_first_sigma": "proxy",
+    "flash_verify_shrink": "proxy",
+    "flash_verify_iterations": "proxy",
+    "flash_verify_floor": "proxy (about 8-bit verify resolution)",
+    "flash_read_sigma": "proxy",
+    "flash_temp_coeff_per_k": "proxy",
+    "flash_retention_tau_s": "proxy (10-year retention specs of NOR flash)",
+    "flash_retention_spread": "proxy",
+}
+
+ECRAM_SOURCES = {
+    "family": "Onen et al., Science 377, 539 (2022), nanosecond protonic programmable resistors",
+    "ecram_states": "proxy",
+    "ecram_asymmetry": "proxy",
+    "ecram_c2c_sigma": "proxy",
+    "ecram_relax_fraction": "proxy",
+    "ecram_relax_tau_s": "proxy (minutes)",
+    "ecram_read_sigma": "proxy",
+}
+
+RERAM_SOURCES = {
+    "family": "Wan et al., Nature 608, 504 (2022), NeuRRAM",
+    "reram_prog_poly": "cubic fit to Wan et al. 2022 Extended Data Fig. 3 at t = 1 s (as in Sandia CrossSim RRAMWan)",
+    "g_max_us": "Wan et al. 2022: conductances up to about 40 uS",
+    "reram_relax_sigma_us": "proxy",
+    "reram_read_sigma": "proxy",
+}
+
+
+FAMILY_SOURCES = {"pcm": PCM_SOURCES, "flash": FLASH_SOURCES, "ecram": ECRAM_SOURCES, "reram": RERAM_SOURCES}
 
 
 @dataclass(frozen=True)
@@ -32,18 +70,57 @@ class Encoding:
     bits_per_device: int | None = None  # None: analog conductance, not discrete levels
 
 
+DEVICE_FAMILIES = ("pcm", "flash", "ecram", "reram")  # models in anac.backends.devices.FAMILIES
+
+
 @dataclass(frozen=True)
 class DeviceModel:
-    """Statistical device model (aihwkit PCMLikeNoiseModel for PCM); units uS and s."""
+    """Statistical device model of one family (``family``); units uS, s and K.
 
-    kind: str = "pcm"
+    Only the fields of the chosen family are used. ``sources`` maps a field name to
+    where its value comes from; a value marked "proxy" is a placeholder of the
+    right order of magnitude, not a measurement of that device.
+    """
+
+    family: str = "pcm"  # one of DEVICE_FAMILIES
     g_max_us: float = 25.0
+    # PCM (aihwkit PCMLikeNoiseModel)
     prog_noise_poly: tuple[float, ...] = (0.26348, 1.9650, -1.1731)
     drift_t0_s: float = 20.0
     drift_mu: tuple[float, float, float, float] = (-0.0155, 0.0244, 0.049, 0.1)  # a, b, lo, hi
     drift_sigma: tuple[float, float, float, float] = (-0.0125, -0.0059, 0.008, 0.045)
     read_noise_q: tuple[float, float, float, float] = (0.0088, 0.65, 1e-3, 0.2)  # c, exp, floor, cap
     t_read_s: float = 250e-9
+    # Flash (NOR charge-trap / floating-gate cells, program-and-verify)
+    flash_first_sigma: float = 0.05  # error of the first program pulse, fraction of g_max
+    flash_verify_shrink: float = 0.5  # each verify iteration multiplies the error by this
+    flash_verify_iterations: int = 6
+    flash_verify_floor: float = 0.002  # verify resolution: error floor, fraction of g_max
+    flash_read_sigma: float = 0.005  # relative read noise
+    flash_temp_coeff_per_k: float = -0.002  # relative conductance change per kelvin from the program temperature
+    flash_program_temp_k: float = 300.0
+    temperature_k: float = 300.0  # operating temperature
+    flash_retention_tau_s: float = 3.15e9  # charge loss g(t) = g exp(-t / tau) (about 100 years)
+    flash_retention_spread: float = 0.3  # log-normal spread of tau across devices
+    flash_refresh_s: float = 0.0  # period of re-programming (0: never refreshed)
+    # ECRAM (protonic programmable resistor, open-loop pulses)
+    ecram_states: int = 256  # distinct states across [0, g_max]
+    ecram_asymmetry: float = 0.1  # down step = (1 - a) x up step (the controller assumes symmetric steps)
+    ecram_c2c_sigma: float = 0.05  # cycle-to-cycle noise of one step, relative to the step
+    ecram_scheme: str = "up"  # "up": reset to 0, potentiate; "updown": reset to g_max/2, pulse either way
+    ecram_relax_fraction: float = 0.05  # fraction of the programmed change that relaxes back
+    ecram_relax_tau_s: float = 120.0
+    ecram_read_sigma: float = 0.002  # relative read noise
+    # ReRAM (NeuRRAM, Wan et al. 2022)
+    reram_prog_poly: tuple[float, ...] = (1.053, 0.2374, -1.167e-2, 1.536e-4)  # sigma_G(G) in uS, G in uS
+    reram_relax_sigma_us: float = 0.4  # extra spread per decade of time after t0 (uS)
+    reram_relax_t0_s: float = 1.0
+    reram_read_sigma: float = 0.01  # relative read noise
+    sources: dict[str, str] = field(default_factory=lambda: dict(PCM_SOURCES))
+
+    @property
+    def kind(self) -> str:  # the field's name before device families
+        return self.family
 
 
 @dataclass(frozen=True)
@@ -149,6 +226,7 @@ class HardwareSpec:
                                     f"than the {self.tiles_per_chip} tiles per chip")
         if self.partial_sums not in ("host", "chip"):
             raise HardwareSpecError(f"partial_sums must be 'host' or 'chip', got {self.partial_sums!r}")
+        _validate_device(self.device)
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -182,7 +260,7 @@ MYTHIC_M1076 = HardwareSpec(
     devices_per_cell=1,
     encodings=(Encoding("flash-8b", devices_per_weight=1, bits_per_device=8),),
     default_encoding="flash-8b",
-    device=DeviceModel(kind="flash"),
+    device=DeviceModel(family="flash", sources=dict(FLASH_SOURCES)),
     links=Links(topology="host", bandwidth_bytes_per_ns=4.0, latency_ns=1000.0),
     input_encoding="dac",
     output_encoding="adc",
@@ -192,13 +270,91 @@ MYTHIC_M1076 = HardwareSpec(
     tile_grid=(8, 10),
 )
 
-PRESETS: dict[str, HardwareSpec] = {IBM_PCM_14NM.name: IBM_PCM_14NM, MYTHIC_M1076.name: MYTHIC_M1076}
+# Hypothetical: no protonic ECRAM chip exists. 512 x 512 tiles of differential device pairs,
+# the tile count and periphery copied from the PCM preset.
+PROTONIC_ECRAM = HardwareSpec(
+    name="protonic-ecram",
+    tiles_per_chip=34,
+    tile_rows=512,
+    tile_cols=512,
+    devices_per_cell=2,
+    encodings=(Encoding("2-ECRAM", devices_per_weight=2),),
+    default_encoding="2-ECRAM",
+    device=DeviceModel(family="ecram", sources={**ECRAM_SOURCES, "chip": "hypothetical: no such chip exists"}),
+)
+
+# NeuRRAM-like: 48 cores of 256 x 256 RRAM, a weight as a differential conductance pair.
+NEURRAM = HardwareSpec(
+    name="neurram",
+    tiles_per_chip=48,
+    tile_rows=128,  # 256 device rows: a differential pair of rows per input
+    tile_cols=256,
+    devices_per_cell=2,
+    encodings=(Encoding("2-RRAM", devices_per_weight=2),),
+    default_encoding="2-RRAM",
+    device=DeviceModel(family="reram", g_max_us=40.0,
+                       sources={**RERAM_SOURCES, "chip": "Wan et al. 2022: 48 cores of 256 x 256 RRAM"}),
+    tile_grid=(6, 8),
+)
+
+PRESETS: dict[str, HardwareSpec] = {p.name: p for p in (IBM_PCM_14NM, MYTHIC_M1076, PROTONIC_ECRAM, NEURRAM)}
 DEFAULT_PRESET = IBM_PCM_14NM.name
 
 
+# field: (low, high, low inclusive); every bound is checked whatever the family
+_DEVICE_RANGES: dict[str, tuple[float, float, bool]] = {
+    "g_max_us": (0.0, math.inf, False),
+    "drift_t0_s": (0.0, math.inf, False),
+    "t_read_s": (0.0, math.inf, False),
+    "flash_first_sigma": (0.0, math.inf, True),
+    "flash_verify_shrink": (0.0, 1.0, True),
+    "flash_verify_iterations": (0, math.inf, True),
+    "flash_verify_floor": (0.0, math.inf, True),
+    "flash_read_sigma": (0.0, math.inf, True),
+    "flash_temp_coeff_per_k": (-math.inf, math.inf, True),
+    "flash_program_temp_k": (0.0, math.inf, False),
+    "temperature_k": (0.0, math.inf, False),
+    "flash_retention_tau_s": (0.0, math.inf, False),
+    "flash_retention_spread": (0.0, math.inf, True),
+    "flash_refresh_s": (0.0, math.inf, True),
+    "ecram_states": (2, math.inf, True),
+    "ecram_asymmetry": (0.0, 1.0, True),
+    "ecram_c2c_sigma": (0.0, math.inf, True),
+    "ecram_relax_fraction": (0.0, 1.0, True),
+    "ecram_relax_tau_s": (0.0, math.inf, False),
+    "ecram_read_sigma": (0.0, math.inf, True),
+    "reram_relax_sigma_us": (0.0, math.inf, True),
+    "reram_relax_t0_s": (0.0, math.inf, False),
+    "reram_read_sigma": (0.0, math.inf, True),
+}
+_INT_FIELDS = ("flash_verify_iterations", "ecram_states")
+
+
+def _validate_device(d: DeviceModel) -> None:
+    if d.family not in DEVICE_FAMILIES:
+        raise HardwareSpecError(f"device.family must be one of {', '.join(DEVICE_FAMILIES)}; got {d.family!r}")
+    for name, (lo, hi, lo_incl) in _DEVICE_RANGES.items():
+        v = getattr(d, name)
+        ok_type = isinstance(v, int) if name in _INT_FIELDS else isinstance(v, (int, float))
+        ok = ok_type and not isinstance(v, bool) and (v >= lo if lo_incl else v > lo) and v <= hi
+        if not ok:
+            bracket = "[" if lo_incl else "("
+            kind = "an integer" if name in _INT_FIELDS else "a number"
+            raise HardwareSpecError(f"device.{name} must be {kind} in {bracket}{lo}, {hi}], got {v!r}")
+    if d.ecram_scheme not in ("up", "updown"):
+        raise HardwareSpecError(f"device.ecram_scheme must be 'up' or 'updown', got {d.ecram_scheme!r}")
+    if not isinstance(d.sources, dict):
+        raise HardwareSpecError(f"device.sources must be a table of field -> source, got {type(d.sources).__name__}")
+
+
 def load_hardware(path: str | Path | None = None, preset: str | None = None) -> HardwareSpec:
-    """A preset, overridden by the keys of a JSON or TOML file when given."""
+    """A preset, overridden by the keys of a JSON or TOML file when given.
+
+    ``path`` may also name a preset (``--hardware neurram``) when no such file exists.
+    """
     data: dict[str, Any] = {}
+    if path is not None and preset is None and str(path) in PRESETS and not Path(path).exists():
+        path, preset = None, str(path)
     if path is not None:
         data = _read_spec_file(Path(path))
     name = preset or data.pop("preset", None) or DEFAULT_PRESET
@@ -258,12 +414,18 @@ def _build(data: dict[str, Any], base: HardwareSpec | None) -> HardwareSpec:
 def _sub(cls: type, value: Any, base: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise HardwareSpecError(f"hardware field '{where}' must be a table/object, got {type(value).__name__}")
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} | ({"kind"} if cls is DeviceModel else set())
     unknown = sorted(set(value) - known)
     if unknown:
         raise HardwareSpecError(
             f"unknown field(s) in '{where}': {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    if cls is DeviceModel and "kind" in value:  # saved before device families: kind is the family
+        value.setdefault("family", value.pop("kind"))
+        value.pop("kind", None)
+    if cls is DeviceModel and base is not None and value.get("family", base.family) != base.family:
+        # another family than the preset's: its own sources, not the preset's
+        value.setdefault("sources", dict(FAMILY_SOURCES.get(value["family"], {})))
     try:
         return replace(base, **value) if base is not None else cls(**value)
     except TypeError as e:
