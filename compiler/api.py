@@ -157,10 +157,10 @@ def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int
     """Seeded random inputs: static dims as declared, a symbolic first dim set to ``batch`` (default 1)."""
     rng = np.random.default_rng(seed)
     given = input_shapes or {}
-    if batch is not None and not any(t.shape and not isinstance(t.shape[0], int)
-                                     for t in infos if t.name not in given):
-        raise ShapeError(f"--batch {batch}: no input of the model has a symbolic leading (batch) dim (inputs: "
-                         + ", ".join(f"{t.name} {list(t.shape or [])}" for t in infos) + ")")
+    free = _batch_inputs(infos, batch, given)
+    if free and batch is None:
+        log.warning("symbolic batch dim of input(s) %s bound to 1 (--batch N, or batch=N in the API, binds it to N)",
+                    ", ".join(free))
     out = {}
     for t in infos:
         if t.elem_type == 0:
@@ -183,6 +183,15 @@ def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int
             raise InputError(f"input '{t.name}' is {dtype}; anac cannot make random values of that type, "
                              f"give them with --inputs")
     return out
+
+
+def _batch_inputs(infos: Sequence[TensorInfo], batch: int | None, given: Mapping[str, Sequence[int]]) -> list[str]:
+    """Inputs whose leading dim is symbolic (the batch); with ``batch`` there must be one."""
+    free = [t.name for t in infos if t.name not in given and t.shape and not isinstance(t.shape[0], int)]
+    if batch is not None and not free:
+        raise ShapeError(f"--batch {batch}: no input of the model has a symbolic leading (batch) dim (inputs: "
+                         + ", ".join(f"{t.name} {list(t.shape or [])}" for t in infos) + ")")
+    return free
 
 
 def _dim(t: TensorInfo, i: int, d: int | str | None, batch: int | None) -> int:
@@ -268,9 +277,16 @@ def verify(
     declared = model_inputs(proto)
     if isinstance(program, (str, Path)):
         program = load_program(program)
-    if inputs is None:
-        infos = program.inputs if program is not None else declared
-        inputs = make_inputs(infos, batch, seed, input_shapes)
+    if inputs is None and program is not None:
+        # A compiled program has its shapes bound: the batch must be the one it was compiled for.
+        _batch_inputs(declared, batch, input_shapes or {})
+        fixed = {t.shape[0] for t in program.inputs if t.shape}
+        if batch is not None and fixed != {batch}:
+            raise ShapeError(f"the program was compiled for a batch of {', '.join(map(str, sorted(fixed)))}; "
+                             f"--batch {batch} needs a program compiled with --batch {batch}")
+        inputs = make_inputs(program.inputs, None, seed, input_shapes)
+    elif inputs is None:
+        inputs = make_inputs(declared, batch, seed, input_shapes)
     else:
         inputs, labels = split_labels(declared, inputs, labels)
         check_inputs(declared, inputs)

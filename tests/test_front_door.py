@@ -234,3 +234,11 @@ def test_anac_backend_is_an_onnx_backend(rng: np.random.Generator) -> None:
     assert rep.program is not None and rep.program.slices
     [y2] = anac.backend.run_model(m, [x, w])
     np.testing.assert_array_equal(y, y2)
+
+
+def test_verify_binds_the_batch_and_says_so() -> None:
+    code, out, err = run("verify", DIGITS)
+    assert code == 0 and "PASSED" in out
+    assert "symbolic batch dim of input(s) input bound to 1" in err
+    code, out, err = run("verify", DIGITS, "--batch", "3", "--json", "-q")
+    assert code == 0 and "bound to 1" not in err

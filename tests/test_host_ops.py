@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from anac.api import compile_model, verify
-from anac.core.errors import ShapeError
 from helpers import (
     analog_nodes,
     assert_verified,
@@ -462,10 +461,13 @@ def _symbolic_batch_model(rng):  # type: ignore[no-untyped-def]
          const("w2", weights(rng, 700, 10, scale=3.0))])
 
 
-def test_symbolic_batch_needs_a_bound_shape(rng):
+def test_symbolic_batch_binds_to_one_by_default(rng, caplog):
     model = _symbolic_batch_model(rng)
-    with pytest.raises(ShapeError, match="'x'"):
-        compile_model(model)
+    with caplog.at_level("WARNING"):
+        prog = compile_model(model)
+    assert prog.inputs[0].shape == (1, 600)
+    assert "input(s) x bound to 1" in caplog.text
+    assert compile_model(model, batch=4).inputs[0].shape == (4, 600)
 
 
 def test_symbolic_batch_compiles_with_input_shapes_and_verifies_batch_3(rng, tmp_path):

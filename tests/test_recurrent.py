@@ -9,8 +9,8 @@ import numpy as np
 import onnx.backend.test
 import pytest
 from anac.api import compile_model, load_program, save_program, simulate, verify
+from anac.backend import AnacBackend, bind_weights, weight_inputs
 from onnx.backend.test.loader import load_model_tests
-from test_onnx_backend import AnacBackend, bind_weights, weight_inputs
 
 PATTERN = re.compile(r"^test_(lstm|gru|simple_rnn|rnn)_\w+$")
 CASES = {c.name: c for c in load_model_tests(kind="node") if PATTERN.match(c.name) and "expanded" not in c.name}
