@@ -93,6 +93,13 @@ class Simulator:
             by_matrix.setdefault(s.matrix, []).append(_SlicePlan(s.id, s.rows, s.cols, block, s.output_range))
         for mvm in (prog.mvms or {}).values():
             self._plans[mvm.node] = [by_matrix[m] for m in mvm.matrices]
+        # Ideal mode without an observer: each matrix as one float64 array, so an MVM is one
+        # float64 BLAS matmul (the same sum the slices give, rounded to float32 once).
+        self._dense: dict[int, np.ndarray] = {}
+        if mode == "ideal" and observer is None:
+            for group in self._plans.values():
+                for plans in group:
+                    self._dense[id(plans)] = _dense(plans)
         if mode == "hardware":
             missing = [m.node for m in (prog.mvms or {}).values() if m.input_range is None]
             if missing or any(s.output_range is None for s in prog.slices or []):
@@ -160,6 +167,9 @@ class Simulator:
         equal columns one ULP apart depending on which slice holds them and where its
         SIMD tail falls, and a following Softmax turns that into a different answer.
         """
+        dense = self._dense.get(id(plans))
+        if dense is not None:
+            return (x.astype(np.float64) @ dense).astype(np.float32)
         if self.observer is not None:
             self.observer("input", mvm.node, x)
         x = x.astype(np.float64)
@@ -288,6 +298,14 @@ class Simulator:
             y = apply_activation(y, mvm.activation)  # ideal mode: after the sum, the same with one row block
         # not ascontiguousarray: it turns the 0-d result of a 1-D @ 1-D MatMul into shape (1,)
         return np.asarray(y, dtype=np.float32, order="C")
+
+
+def _dense(plans: list[_SlicePlan]) -> np.ndarray:
+    """The float64 matrix a matrix's slices tile (rows and columns the slices cover)."""
+    w = np.zeros((max(p.rows[1] for p in plans), max(p.cols[1] for p in plans)), np.float64)
+    for p in plans:
+        w[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]] = p.weights
+    return w
 
 
 def apply_activation(y: np.ndarray, act: dict) -> np.ndarray:  # type: ignore[type-arg]
