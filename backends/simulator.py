@@ -49,17 +49,18 @@ class _SlicePlan:
 
 @dataclass
 class _RowBlocks:
-    """Hardware mode: one matrix's slices stacked by row block, so an MVM is one batched matmul.
+    """Hardware mode: one matrix's slices grouped by row block, so an MVM is one matmul per row block.
 
-    ``weights`` is (R, r, N): row block i holds the slices of rows [starts[i], starts[i] + r)
-    side by side (the last block zero-padded); ``full_scale`` is (R, 1, N), each column's
-    output range, that of the slice holding it.
+    Row block i covers the matrix rows [starts[i], stops[i]) (only the rows its slices use, not the
+    tile's): ``weights[i]`` is (stops[i] - starts[i], N), the read weights of the slices of that block
+    side by side (zero where no slice holds a column); ``full_scale[i]`` is (N,), each column's output
+    range, that of the slice holding it.
     """
 
     starts: list[int]
-    rows: int
-    weights: np.ndarray
-    full_scale: np.ndarray
+    stops: list[int]
+    weights: list[np.ndarray]
+    full_scale: list[np.ndarray]
 
 
 def tile_activation(prog: Program, mvm: MVM) -> bool:
@@ -127,15 +128,15 @@ class Simulator:
 
     def _stack(self, group: list[_SlicePlan], weights: dict[int, np.ndarray]) -> _RowBlocks:
         starts = sorted({p.rows[0] for p in group})
-        rows = max(p.rows[1] - p.rows[0] for p in group)
+        stops = [max(p.rows[1] for p in group if p.rows[0] == start) for start in starts]
         n = max(p.cols[1] for p in group)
-        w = np.zeros((len(starts), rows, n), np.float32)
-        scale = np.ones((len(starts), 1, n), np.float32)
+        ws = [np.zeros((stop - start, n), np.float32) for start, stop in zip(starts, stops, strict=True)]
+        scales = [np.ones(n, np.float32) for _ in starts]
         for p in group:
             i = starts.index(p.rows[0])
-            w[i, :p.rows[1] - p.rows[0], p.cols[0]:p.cols[1]] = weights[p.id]
-            scale[i, 0, p.cols[0]:p.cols[1]] = p.output_range
-        return _RowBlocks(starts, rows, w, scale)
+            ws[i][:p.rows[1] - p.rows[0], p.cols[0]:p.cols[1]] = weights[p.id]
+            scales[i][p.cols[0]:p.cols[1]] = p.output_range
+        return _RowBlocks(starts, stops, ws, scales)
 
     def _need_hardware(self, what: str) -> None:
         if self.mode != "hardware":
@@ -185,8 +186,8 @@ class Simulator:
     def _matmul_hardware(self, mvm: MVM, x: np.ndarray, blocks: _RowBlocks, n: int) -> np.ndarray:
         """Quantized inputs, each slice's analog product with its read weights, quantized outputs, digital sum.
 
-        All slices of a matrix run as one batched matmul over its row blocks; the output of
-        each (row block, column) is converted at its slice's range before the digital sum.
+        The slices of a row block run as one matmul over the rows they use; the output of each
+        (row block, column) is converted at its slice's range before the digital sum.
         """
         hw = self.prog.hardware
         r_in = float(mvm.input_range)  # type: ignore[arg-type]
@@ -196,19 +197,19 @@ class Simulator:
                                  quantize_unsigned(np.maximum(-x, 0), r_in, hw.input_bits)])
         else:
             xq = quantize_polarity(x, r_in, hw.input_bits)
-        n_blocks = len(blocks.starts)
-        padded = np.zeros((xq.shape[0], n_blocks * blocks.rows), np.float32)
-        for i, start in enumerate(blocks.starts):  # blocks are contiguous row ranges of the matrix
-            stop = min(start + blocks.rows, k)
-            padded[:, i * blocks.rows:i * blocks.rows + stop - start] = xq[:, start:stop]
-        parts = np.matmul(padded.reshape(-1, n_blocks, blocks.rows).transpose(1, 0, 2), blocks.weights)
         if self._tile_act[mvm.node]:
-            parts = apply_activation(parts, mvm.activation)  # type: ignore[arg-type]
             unsigned = mvm.activation["op"] in _NONNEGATIVE  # type: ignore[index]
         else:
             unsigned = False
         quantize = quantize_unsigned if unsigned else quantize_signed
-        y = quantize(parts, blocks.full_scale, hw.output_bits).sum(axis=0)
+        y: np.ndarray | None = None
+        for start, stop, w, scale in zip(blocks.starts, blocks.stops, blocks.weights, blocks.full_scale, strict=True):
+            part = xq[:, start:stop] @ w if (start, stop) != (0, k) else xq @ w
+            if self._tile_act[mvm.node]:
+                part = apply_activation(part, mvm.activation)  # type: ignore[arg-type]
+            q = quantize(part, scale, hw.output_bits)
+            y = q if y is None else y + q
+        assert y is not None  # a matrix has at least one slice
         return y[:m] - y[m:] if hw.input_sign == "two-pass" else y
 
     def _run_recurrent(self, rec: Any, env: Mapping[str, Any]) -> dict[str, np.ndarray]:
