@@ -170,7 +170,7 @@ class Simulator:
         """
         dense = self._dense.get(id(plans))
         if dense is not None:
-            return (x.astype(np.float64) @ dense).astype(np.float32)
+            return (x.astype(np.float64, copy=False) @ dense).astype(np.float32)
         if self.observer is not None:
             self.observer("input", mvm.node, x)
         x = x.astype(np.float64)
@@ -183,7 +183,8 @@ class Simulator:
             y[:, p.cols[0]:p.cols[1]] += part
         return y.astype(np.float32)
 
-    def _matmul_hardware(self, mvm: MVM, x: np.ndarray, blocks: _RowBlocks, n: int) -> np.ndarray:
+    def _matmul_hardware(self, mvm: MVM, x: np.ndarray, blocks: _RowBlocks, n: int,
+                         quantized: bool = False) -> np.ndarray:
         """Quantized inputs, each slice's analog product with its read weights, quantized outputs, digital sum.
 
         The slices of a row block run as one matmul over the rows they use; the output of each
@@ -192,7 +193,9 @@ class Simulator:
         hw = self.prog.hardware
         r_in = float(mvm.input_range)  # type: ignore[arg-type]
         m, k = x.shape
-        if hw.input_sign == "two-pass":  # both passes in one product: rows [0, m) positive, [m, 2m) negative
+        if quantized:  # polarity inputs quantized before im2col (elementwise, so the same values)
+            xq = x
+        elif hw.input_sign == "two-pass":  # both passes in one product: rows [0, m) positive, [m, 2m) negative
             xq = np.concatenate([quantize_unsigned(np.maximum(x, 0), r_in, hw.input_bits),
                                  quantize_unsigned(np.maximum(-x, 0), r_in, hw.input_bits)])
         else:
@@ -269,11 +272,16 @@ class Simulator:
         plans: list[Any] = [(m.kept_rows, g) for m, g in zip(matrices, groups, strict=True)]
         shapes = [(m.input_rows, m.shape[1]) for m in matrices]
         x = np.asarray(x, dtype=np.float32)
-        base = self._matmul_ideal if self.mode == "ideal" else self._matmul_hardware
+        quantized = self.mode == "hardware" and mvm.kind == "conv" and self.prog.hardware.input_sign == "polarity"
+        if quantized:  # quantize each input once, not once per receptive field that holds it
+            x = quantize_polarity(x, float(mvm.input_range), self.prog.hardware.input_bits)  # type: ignore[arg-type]
 
         def matmul(rows: np.ndarray, group: Any, n: int) -> np.ndarray:
             kept, inner = group
-            return base(mvm, rows if kept is None else rows[:, kept], inner, n)
+            rows = rows if kept is None else rows[:, kept]
+            if self.mode == "ideal":
+                return self._matmul_ideal(mvm, rows, inner, n)
+            return self._matmul_hardware(mvm, rows, inner, n, quantized)
 
         if mvm.kind == "conv":
             y = _conv(x, mvm, plans, shapes, matmul)
