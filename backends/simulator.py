@@ -302,9 +302,17 @@ class Simulator:
             bias = mvm.bias
             if mvm.kind == "conv":
                 bias = bias.reshape((-1,) + (1,) * (y.ndim - 2))
-            y = y + bias
+            # y is a fresh float32 buffer (or a view of one) that nothing else holds: add in place
+            if y.dtype == np.float32 and bias.dtype == np.float32 and y.flags.writeable \
+                    and np.broadcast_shapes(y.shape, bias.shape) == y.shape:
+                np.add(y, bias, out=y)
+            else:
+                y = y + bias
         if mvm.activation is not None and not (self.mode == "hardware" and self._tile_act[mvm.node]):
-            y = apply_activation(y, mvm.activation)  # ideal mode: after the sum, the same with one row block
+            if mvm.activation["op"] == "Relu" and y.dtype == np.float32 and y.flags.writeable:
+                np.maximum(y, np.float32(0), out=y)
+            else:
+                y = apply_activation(y, mvm.activation)  # ideal mode: after the sum, the same with one row block
         # not ascontiguousarray: it turns the 0-d result of a 1-D @ 1-D MatMul into shape (1,)
         return np.asarray(y, dtype=np.float32, order="C")
 
