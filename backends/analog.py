@@ -117,18 +117,27 @@ def quantize_signed(x: np.ndarray, full_scale: float | np.ndarray, bits: int) ->
     """Signed conversion: 2^(bits-1) - 1 levels each side of zero, saturating at +-full_scale."""
     levels = 2 ** (bits - 1) - 1
     step = np.float32(full_scale / levels) if np.isscalar(full_scale) else (full_scale / levels).astype(np.float32)
-    return (np.clip(np.rint(x / step), -levels, levels) * step).astype(np.float32)
+    return _round_clip(x, step, -levels, levels)
 
 
 def quantize_unsigned(x: np.ndarray, full_scale: float | np.ndarray, bits: int) -> np.ndarray:
     """Unsigned conversion: 2^bits - 1 levels over [0, full_scale], saturating."""
     levels = 2 ** bits - 1
     step = np.float32(full_scale / levels) if np.isscalar(full_scale) else (full_scale / levels).astype(np.float32)
-    return (np.clip(np.rint(x / step), 0, levels) * step).astype(np.float32)
+    return _round_clip(x, step, 0, levels)
 
 
 def quantize_polarity(x: np.ndarray, full_scale: float, bits: int) -> np.ndarray:
     """Sign as pulse polarity, magnitude as an unsigned ``bits`` word: 2^bits - 1 levels each side."""
     levels = 2 ** bits - 1
     step = np.float32(full_scale / levels)
-    return (np.clip(np.rint(x / step), -levels, levels) * step).astype(np.float32)
+    return _round_clip(x, step, -levels, levels)
+
+
+def _round_clip(x: np.ndarray, step: np.float32 | np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """clip(rint(x / step), lo, hi) * step as float32, in one buffer (the values of the plain expression)."""
+    q = np.asarray(x / step)
+    np.rint(q, out=q)
+    np.clip(q, lo, hi, out=q)
+    q *= step
+    return q.astype(np.float32, copy=False)

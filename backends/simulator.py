@@ -49,17 +49,18 @@ class _SlicePlan:
 
 @dataclass
 class _RowBlocks:
-    """Hardware mode: one matrix's slices stacked by row block, so an MVM is one batched matmul.
+    """Hardware mode: one matrix's slices grouped by row block, so an MVM is one matmul per row block.
 
-    ``weights`` is (R, r, N): row block i holds the slices of rows [starts[i], starts[i] + r)
-    side by side (the last block zero-padded); ``full_scale`` is (R, 1, N), each column's
-    output range, that of the slice holding it.
+    Row block i covers the matrix rows [starts[i], stops[i]) (only the rows its slices use, not the
+    tile's): ``weights[i]`` is (stops[i] - starts[i], N), the read weights of the slices of that block
+    side by side (zero where no slice holds a column); ``full_scale[i]`` is (N,), each column's output
+    range, that of the slice holding it.
     """
 
     starts: list[int]
-    rows: int
-    weights: np.ndarray
-    full_scale: np.ndarray
+    stops: list[int]
+    weights: list[np.ndarray]
+    full_scale: list[np.ndarray]
 
 
 def tile_activation(prog: Program, mvm: MVM) -> bool:
@@ -93,6 +94,13 @@ class Simulator:
             by_matrix.setdefault(s.matrix, []).append(_SlicePlan(s.id, s.rows, s.cols, block, s.output_range))
         for mvm in (prog.mvms or {}).values():
             self._plans[mvm.node] = [by_matrix[m] for m in mvm.matrices]
+        # Ideal mode without an observer: each matrix as one float64 array, so an MVM is one
+        # float64 BLAS matmul (the same sum the slices give, rounded to float32 once).
+        self._dense: dict[int, np.ndarray] = {}
+        if mode == "ideal" and observer is None:
+            for group in self._plans.values():
+                for plans in group:
+                    self._dense[id(plans)] = _dense(plans)
         if mode == "hardware":
             missing = [m.node for m in (prog.mvms or {}).values() if m.input_range is None]
             if missing or any(s.output_range is None for s in prog.slices or []):
@@ -120,15 +128,15 @@ class Simulator:
 
     def _stack(self, group: list[_SlicePlan], weights: dict[int, np.ndarray]) -> _RowBlocks:
         starts = sorted({p.rows[0] for p in group})
-        rows = max(p.rows[1] - p.rows[0] for p in group)
+        stops = [max(p.rows[1] for p in group if p.rows[0] == start) for start in starts]
         n = max(p.cols[1] for p in group)
-        w = np.zeros((len(starts), rows, n), np.float32)
-        scale = np.ones((len(starts), 1, n), np.float32)
+        ws = [np.zeros((stop - start, n), np.float32) for start, stop in zip(starts, stops, strict=True)]
+        scales = [np.ones(n, np.float32) for _ in starts]
         for p in group:
             i = starts.index(p.rows[0])
-            w[i, :p.rows[1] - p.rows[0], p.cols[0]:p.cols[1]] = weights[p.id]
-            scale[i, 0, p.cols[0]:p.cols[1]] = p.output_range
-        return _RowBlocks(starts, rows, w, scale)
+            ws[i][:p.rows[1] - p.rows[0], p.cols[0]:p.cols[1]] = weights[p.id]
+            scales[i][p.cols[0]:p.cols[1]] = p.output_range
+        return _RowBlocks(starts, stops, ws, scales)
 
     def _need_hardware(self, what: str) -> None:
         if self.mode != "hardware":
@@ -160,6 +168,9 @@ class Simulator:
         equal columns one ULP apart depending on which slice holds them and where its
         SIMD tail falls, and a following Softmax turns that into a different answer.
         """
+        dense = self._dense.get(id(plans))
+        if dense is not None:
+            return (x.astype(np.float64, copy=False) @ dense).astype(np.float32)
         if self.observer is not None:
             self.observer("input", mvm.node, x)
         x = x.astype(np.float64)
@@ -172,33 +183,36 @@ class Simulator:
             y[:, p.cols[0]:p.cols[1]] += part
         return y.astype(np.float32)
 
-    def _matmul_hardware(self, mvm: MVM, x: np.ndarray, blocks: _RowBlocks, n: int) -> np.ndarray:
+    def _matmul_hardware(self, mvm: MVM, x: np.ndarray, blocks: _RowBlocks, n: int,
+                         quantized: bool = False) -> np.ndarray:
         """Quantized inputs, each slice's analog product with its read weights, quantized outputs, digital sum.
 
-        All slices of a matrix run as one batched matmul over its row blocks; the output of
-        each (row block, column) is converted at its slice's range before the digital sum.
+        The slices of a row block run as one matmul over the rows they use; the output of each
+        (row block, column) is converted at its slice's range before the digital sum.
         """
         hw = self.prog.hardware
         r_in = float(mvm.input_range)  # type: ignore[arg-type]
         m, k = x.shape
-        if hw.input_sign == "two-pass":  # both passes in one product: rows [0, m) positive, [m, 2m) negative
+        if quantized:  # polarity inputs quantized before im2col (elementwise, so the same values)
+            xq = x
+        elif hw.input_sign == "two-pass":  # both passes in one product: rows [0, m) positive, [m, 2m) negative
             xq = np.concatenate([quantize_unsigned(np.maximum(x, 0), r_in, hw.input_bits),
                                  quantize_unsigned(np.maximum(-x, 0), r_in, hw.input_bits)])
         else:
             xq = quantize_polarity(x, r_in, hw.input_bits)
-        n_blocks = len(blocks.starts)
-        padded = np.zeros((xq.shape[0], n_blocks * blocks.rows), np.float32)
-        for i, start in enumerate(blocks.starts):  # blocks are contiguous row ranges of the matrix
-            stop = min(start + blocks.rows, k)
-            padded[:, i * blocks.rows:i * blocks.rows + stop - start] = xq[:, start:stop]
-        parts = np.matmul(padded.reshape(-1, n_blocks, blocks.rows).transpose(1, 0, 2), blocks.weights)
         if self._tile_act[mvm.node]:
-            parts = apply_activation(parts, mvm.activation)  # type: ignore[arg-type]
             unsigned = mvm.activation["op"] in _NONNEGATIVE  # type: ignore[index]
         else:
             unsigned = False
         quantize = quantize_unsigned if unsigned else quantize_signed
-        y = quantize(parts, blocks.full_scale, hw.output_bits).sum(axis=0)
+        y: np.ndarray | None = None
+        for start, stop, w, scale in zip(blocks.starts, blocks.stops, blocks.weights, blocks.full_scale, strict=True):
+            part = xq[:, start:stop] @ w if (start, stop) != (0, k) else xq @ w
+            if self._tile_act[mvm.node]:
+                part = apply_activation(part, mvm.activation)  # type: ignore[arg-type]
+            q = quantize(part, scale, hw.output_bits)
+            y = q if y is None else y + q
+        assert y is not None  # a matrix has at least one slice
         return y[:m] - y[m:] if hw.input_sign == "two-pass" else y
 
     def _run_recurrent(self, rec: Any, env: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -258,11 +272,16 @@ class Simulator:
         plans: list[Any] = [(m.kept_rows, g) for m, g in zip(matrices, groups, strict=True)]
         shapes = [(m.input_rows, m.shape[1]) for m in matrices]
         x = np.asarray(x, dtype=np.float32)
-        base = self._matmul_ideal if self.mode == "ideal" else self._matmul_hardware
+        quantized = self.mode == "hardware" and mvm.kind == "conv" and self.prog.hardware.input_sign == "polarity"
+        if quantized:  # quantize each input once, not once per receptive field that holds it
+            x = quantize_polarity(x, float(mvm.input_range), self.prog.hardware.input_bits)  # type: ignore[arg-type]
 
         def matmul(rows: np.ndarray, group: Any, n: int) -> np.ndarray:
             kept, inner = group
-            return base(mvm, rows if kept is None else rows[:, kept], inner, n)
+            rows = rows if kept is None else rows[:, kept]
+            if self.mode == "ideal":
+                return self._matmul_ideal(mvm, rows, inner, n)
+            return self._matmul_hardware(mvm, rows, inner, n, quantized)
 
         if mvm.kind == "conv":
             y = _conv(x, mvm, plans, shapes, matmul)
@@ -283,11 +302,27 @@ class Simulator:
             bias = mvm.bias
             if mvm.kind == "conv":
                 bias = bias.reshape((-1,) + (1,) * (y.ndim - 2))
-            y = y + bias
+            # y is a fresh float32 buffer (or a view of one) that nothing else holds: add in place
+            if y.dtype == np.float32 and bias.dtype == np.float32 and y.flags.writeable \
+                    and np.broadcast_shapes(y.shape, bias.shape) == y.shape:
+                np.add(y, bias, out=y)
+            else:
+                y = y + bias
         if mvm.activation is not None and not (self.mode == "hardware" and self._tile_act[mvm.node]):
-            y = apply_activation(y, mvm.activation)  # ideal mode: after the sum, the same with one row block
+            if mvm.activation["op"] == "Relu" and y.dtype == np.float32 and y.flags.writeable:
+                np.maximum(y, np.float32(0), out=y)
+            else:
+                y = apply_activation(y, mvm.activation)  # ideal mode: after the sum, the same with one row block
         # not ascontiguousarray: it turns the 0-d result of a 1-D @ 1-D MatMul into shape (1,)
         return np.asarray(y, dtype=np.float32, order="C")
+
+
+def _dense(plans: list[_SlicePlan]) -> np.ndarray:
+    """The float64 matrix a matrix's slices tile (rows and columns the slices cover)."""
+    w = np.zeros((max(p.rows[1] for p in plans), max(p.cols[1] for p in plans)), np.float64)
+    for p in plans:
+        w[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]] = p.weights
+    return w
 
 
 def apply_activation(y: np.ndarray, act: dict) -> np.ndarray:  # type: ignore[type-arg]

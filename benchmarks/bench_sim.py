@@ -1,0 +1,221 @@
+"""The reference simulator's speed against onnxruntime, on models of small and large layers.
+
+Each model is built here with onnx.helper from seeded weights, compiled with
+anac.api.compile_model (hardware mode calibrated on the benchmark input), and
+timed in this process: onnxruntime on the original model, the simulator in
+ideal mode and in hardware mode (one chip programmed with seed 0, read a day
+later). Each time is the median of ``--runs`` runs after one warm-up run.
+
+    python benchmarks/bench_sim.py [--runs 7] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from anac.api import compile_model
+from anac.backends.simulator import Simulator
+from onnx import TensorProto, helper, numpy_helper
+
+Inputs = dict[str, np.ndarray]
+
+
+class _Builder:
+    """Nodes and seeded initializers of one graph."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.n = 0
+
+    def const(self, value: np.ndarray) -> str:
+        self.n += 1
+        name = f"c{self.n}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def w(self, *shape: int, fan_in: int | None = None) -> str:
+        fan = fan_in or shape[0]
+        return self.const((self.rng.standard_normal(shape) / np.sqrt(fan)).astype(np.float32))
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: object) -> str:
+        self.n += 1
+        outs = [f"t{self.n}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type.lower()}{self.n}", **attrs))
+        return outs[0]
+
+    def model(self, inputs: list[onnx.ValueInfoProto], out: str, shape: list[int]) -> onnx.ModelProto:
+        outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, shape)]
+        g = helper.make_graph(self.nodes, "bench", inputs, outputs, self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 9
+        return m
+
+    def gemm(self, x: str, k: int, n: int) -> str:
+        return self.op("Gemm", [x, self.w(k, n), self.const(np.zeros(n, np.float32))])
+
+    def conv(self, x: str, cin: int, cout: int, kernel: tuple[int, ...], **attrs: object) -> str:
+        fan = cin * int(np.prod(kernel))
+        return self.op("Conv", [x, self.w(cout, cin, *kernel, fan_in=fan), self.const(np.zeros(cout, np.float32))],
+                       **attrs)
+
+    def bn(self, x: str, c: int) -> str:
+        r = self.rng
+        return self.op("BatchNormalization", [x, self.const((1 + 0.1 * r.standard_normal(c)).astype(np.float32)),
+                                              self.const((0.1 * r.standard_normal(c)).astype(np.float32)),
+                                              self.const((0.1 * r.standard_normal(c)).astype(np.float32)),
+                                              self.const((1 + 0.1 * r.random(c)).astype(np.float32))])
+
+
+def _fin(name: str, shape: list[int], elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def mlp(dims: tuple[int, ...], batch: int) -> tuple[onnx.ModelProto, Inputs]:
+    b = _Builder(0)
+    x = "x"
+    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        x = b.gemm(x, k, n)
+        if i < len(dims) - 2:
+            x = b.op("Relu", [x])
+    data = np.random.default_rng(1).standard_normal((batch, dims[0])).astype(np.float32)
+    return b.model([_fin("x", [batch, dims[0]])], x, [batch, dims[-1]]), {"x": data}
+
+
+def lenet(batch: int) -> tuple[onnx.ModelProto, Inputs]:
+    b = _Builder(0)
+    x = b.op("Relu", [b.conv("x", 1, 6, (5, 5))])
+    x = b.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.op("Relu", [b.conv(x, 6, 16, (5, 5))])
+    x = b.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.op("Flatten", [x])
+    x = b.op("Relu", [b.gemm(x, 400, 120)])
+    x = b.op("Relu", [b.gemm(x, 120, 84)])
+    x = b.gemm(x, 84, 10)
+    data = np.random.default_rng(1).standard_normal((batch, 1, 32, 32)).astype(np.float32)
+    return b.model([_fin("x", [batch, 1, 32, 32])], x, [batch, 10]), {"x": data}
+
+
+def resnet_block(batch: int) -> tuple[onnx.ModelProto, Inputs]:
+    b = _Builder(0)
+    c = 16
+    h = b.op("Relu", [b.bn(b.conv("x", c, c, (3, 3), pads=[1, 1, 1, 1]), c)])
+    h = b.bn(b.conv(h, c, c, (3, 3), pads=[1, 1, 1, 1]), c)
+    y = b.op("Relu", [b.op("Add", [h, "x"])])
+    data = np.random.default_rng(1).standard_normal((batch, c, 32, 32)).astype(np.float32)
+    return b.model([_fin("x", [batch, c, 32, 32])], y, [batch, c, 32, 32]), {"x": data}
+
+
+def audio(batch: int) -> tuple[onnx.ModelProto, Inputs]:
+    """1-D convs over 40 filterbank channels x 101 frames, global average pool, 12 keywords."""
+    b = _Builder(0)
+    x = b.op("Relu", [b.conv("x", 40, 64, (3,), pads=[1, 1])])
+    x = b.op("Relu", [b.conv(x, 64, 64, (3,), strides=[2], pads=[1, 1])])
+    x = b.op("Relu", [b.conv(x, 64, 96, (3,), strides=[2], pads=[1, 1])])
+    x = b.op("Flatten", [b.op("GlobalAveragePool", [x])])
+    x = b.gemm(x, 96, 12)
+    data = np.random.default_rng(1).standard_normal((batch, 40, 101)).astype(np.float32)
+    return b.model([_fin("x", [batch, 40, 101])], x, [batch, 12]), {"x": data}
+
+
+def lstm_lm(batch: int, steps: int, vocab: int = 1000, emb: int = 128, hidden: int = 256) -> tuple[
+        onnx.ModelProto, Inputs]:
+    """Embedding, one LSTM layer, a projection to the vocabulary; tokens are (steps, batch)."""
+    b = _Builder(0)
+    e = b.op("Gather", [b.const((0.5 * b.rng.standard_normal((vocab, emb))).astype(np.float32)), "tokens"])
+    w = b.w(1, 4 * hidden, emb, fan_in=emb)
+    r = b.w(1, 4 * hidden, hidden, fan_in=hidden)
+    bias = b.const(np.zeros((1, 8 * hidden), np.float32))
+    y = b.op("LSTM", [e, w, r, bias], n_out=1, hidden_size=hidden)
+    y = b.op("Squeeze", [y, b.const(np.array([1], np.int64))])
+    logits = b.op("MatMul", [y, b.w(hidden, vocab)])
+    data = np.random.default_rng(1).integers(0, vocab, (steps, batch)).astype(np.int64)
+    return (b.model([_fin("tokens", [steps, batch], TensorProto.INT64)], logits, [steps, batch, vocab]),
+            {"tokens": data})
+
+
+def transformer(seq: int, layers: int = 2, d: int = 128, heads: int = 4, ffn: int = 512) -> tuple[
+        onnx.ModelProto, Inputs]:
+    """Post-norm encoder layers: multi-head self-attention and a ReLU feed-forward, LayerNorm after each."""
+    b = _Builder(0)
+    hd = d // heads
+    x = "x"
+    split = b.const(np.array([1, seq, heads, hd], np.int64))
+    merge = b.const(np.array([1, seq, d], np.int64))
+    for _ in range(layers):
+        q, k, v = (b.op("Transpose", [b.op("Reshape", [b.op("MatMul", [x, b.w(d, d)]), split])], perm=[0, 2, 1, 3])
+                   for _ in range(3))
+        s = b.op("Mul", [b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])]),
+                         b.const(np.float32(1 / np.sqrt(hd)))])
+        a = b.op("MatMul", [b.op("Softmax", [s], axis=-1), v])
+        a = b.op("MatMul", [b.op("Reshape", [b.op("Transpose", [a], perm=[0, 2, 1, 3]), merge]), b.w(d, d)])
+        x = b.op("LayerNormalization", [b.op("Add", [x, a]), b.const(np.ones(d, np.float32)),
+                                        b.const(np.zeros(d, np.float32))], axis=-1)
+        f = b.op("MatMul", [b.op("Relu", [b.op("MatMul", [x, b.w(d, ffn)])]), b.w(ffn, d)])
+        x = b.op("LayerNormalization", [b.op("Add", [x, f]), b.const(np.ones(d, np.float32)),
+                                        b.const(np.zeros(d, np.float32))], axis=-1)
+    data = np.random.default_rng(1).standard_normal((1, seq, d)).astype(np.float32)
+    return b.model([_fin("x", [1, seq, d])], x, [1, seq, d]), {"x": data}
+
+
+MODELS: dict[str, Callable[[], tuple[onnx.ModelProto, Inputs]]] = {
+    "MLP 64-256-128-10, batch 450": lambda: mlp((64, 256, 128, 10), 450),
+    "LeNet-5 CNN, batch 1000": lambda: lenet(1000),
+    "ResNet block+BN 32x32x16, batch 4": lambda: resnet_block(4),
+    "ResNet block+BN 32x32x16, batch 64": lambda: resnet_block(64),
+    "1-D conv audio, batch 32": lambda: audio(32),
+    "LSTM LM, batch 16, 32 steps": lambda: lstm_lm(16, 32),
+    "Transformer 2 layers, seq 64": lambda: transformer(64),
+    "MLP 784-1024-10, batch 256": lambda: mlp((784, 1024, 10), 256),
+}
+
+
+def _median(f: Callable[[], object], runs: int) -> float:
+    f()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench(name: str, runs: int) -> str:
+    model, x = MODELS[name]()
+    try:
+        prog = compile_model(model, calibration_data=x, progress=lambda _m: None)
+    except Exception as e:  # noqa: BLE001 - a benchmark row reports the failure and the table goes on
+        return f"{name:36s} compile failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ideal = Simulator(prog, "ideal")
+    hard = Simulator(prog, "hardware")
+    hard.program(0)
+    hard.at(86400.0)
+    t_ort = _median(lambda: sess.run(None, x), runs)
+    t_ideal = _median(lambda: ideal.run(x), runs)
+    t_hard = _median(lambda: hard.run(x), runs)
+    return (f"{name:36s} {1e3 * t_ort:9.3f} {1e3 * t_ideal:9.3f} {1e3 * t_hard:9.3f} "
+            f"{t_ideal / t_ort:7.2f}x {t_hard / t_ort:7.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--only", help="run only the models whose name contains this text")
+    args = ap.parse_args()
+    print(f"medians of {args.runs} runs after a warm-up; times in ms")
+    print(f"{'model':36s} {'ORT':>9s} {'ideal':>9s} {'hardware':>9s} {'ideal/':>8s} {'hw/ORT':>8s}")
+    for name in MODELS:
+        if args.only is None or args.only.lower() in name.lower():
+            print(bench(name, args.runs), flush=True)
+
+
+if __name__ == "__main__":
+    main()
