@@ -47,10 +47,11 @@ class VerifyReport:
     passed: bool
     tolerance: float
     outputs: dict[str, OutputReport] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode, "passed": self.passed, "tolerance": self.tolerance,
-                "outputs": {k: asdict(v) for k, v in self.outputs.items()}}
+                "outputs": {k: asdict(v) for k, v in self.outputs.items()}, "problems": self.problems}
 
 
 def reference_outputs(model: str | Path | onnx.ModelProto, inputs: Mapping[str, np.ndarray],
@@ -88,6 +89,35 @@ def compare(y: np.ndarray, ref: np.ndarray) -> OutputReport:
     return OutputReport(list(y.shape), max_abs, rel, cosine, _argmax_agreement(y, ref))
 
 
+def check_tolerance(tolerance: float | None, mode: str) -> float:
+    """The tolerance to use: the mode's default, or ``tolerance`` when it is a finite number >= 0."""
+    if tolerance is None:
+        return DEFAULT_TOLERANCE[mode]
+    tol = float(tolerance)
+    if not np.isfinite(tol) or tol < 0:
+        raise AnacError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    return tol
+
+
+def output_problems(name: str, y: np.ndarray, ref: np.ndarray, side: str = "the simulated program") -> list[str]:
+    """Why comparing ``y`` with ``ref`` cannot pass whatever the error figures say: non-finite values on either
+    side, or a float reference that is all zeros or constant (it carries no information to check against)."""
+    out = []
+    for who, a in ((side, as_array(y)), ("onnxruntime (the reference)", as_array(ref))):
+        if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating):
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                out.append(f"output '{name}' of {who} has {bad} non-finite value(s) (NaN or Inf) of {a.size}")
+    r = as_array(ref)
+    if np.issubdtype(r.dtype, np.floating) and r.size and np.isfinite(r).all():
+        if not r.any():
+            out.append(f"the reference output '{name}' is all zeros: it carries no information to verify against")
+        elif r.size > 1 and (r == r.flat[0]).all():
+            out.append(f"the reference output '{name}' is constant ({r.flat[0]:g} everywhere): it carries no "
+                       f"information to verify against")
+    return out
+
+
 def _argmax_agreement(y: np.ndarray, ref: np.ndarray) -> float | None:
     if np.issubdtype(ref.dtype, np.integer) or ref.dtype == np.bool_:
         return float(np.mean(y == ref)) if ref.size else None
@@ -100,13 +130,14 @@ def verify_program(prog: Program, model: str | Path | onnx.ModelProto, inputs: M
                    tolerance: float | None = None) -> VerifyReport:
     """Run ``prog`` in the ideal simulator and the original model in onnxruntime; compare."""
     mode = "ideal"
-    tol = DEFAULT_TOLERANCE[mode] if tolerance is None else float(tolerance)
+    tol = check_tolerance(tolerance, mode)
     names = [t.name for t in prog.outputs]
     got = Simulator(prog, mode).run(inputs)
     ref = reference_outputs(model, inputs, names)
     outputs = {n: compare(got[n], ref[n]) for n in names}
-    passed = all(o.rel_err <= tol for o in outputs.values())
-    return VerifyReport(mode, passed, tol, outputs)
+    problems = [p for n in names for p in output_problems(n, got[n], ref[n])]
+    passed = not problems and all(o.rel_err <= tol for o in outputs.values())
+    return VerifyReport(mode, passed, tol, outputs, problems)
 
 TIME_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "y": 365 * 86400.0}
 
@@ -160,12 +191,13 @@ class HardwareVerifyReport:
     accuracy_output: str | None = None
     calibration: dict[str, Any] | None = None
     mode: str = "hardware"
+    problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode, "passed": self.passed, "tolerance": self.tolerance, "seed": self.seed,
                 "repeats": self.repeats, "drift_compensation": self.drift_compensation,
                 "reference_accuracy": self.reference_accuracy, "accuracy_output": self.accuracy_output,
-                "calibration": self.calibration,
+                "calibration": self.calibration, "problems": self.problems,
                 "times": [{"t": t.label, "seconds": t.seconds, "accuracy": _stat_json(t.accuracy),
                            "outputs": {k: {f: _stat_json(v) for f, v in o.items()} for k, o in t.outputs.items()}}
                           for t in self.times]}
@@ -191,9 +223,10 @@ def verify_hardware(prog: Program, model: str | Path | onnx.ModelProto, inputs: 
     """Program ``repeats`` chip instances (seeds seed, seed+1, ...) and compare at each time with onnxruntime."""
     if repeats < 1:
         raise AnacError(f"repeats must be at least 1, got {repeats}")
-    tol = DEFAULT_TOLERANCE["hardware"] if tolerance is None else float(tolerance)
+    tol = check_tolerance(tolerance, "hardware")
     names = [t.name for t in prog.outputs]
     ref = reference_outputs(model, inputs, names)
+    problems: list[str] = []
     acc_name, ref_acc = None, None
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
@@ -213,6 +246,8 @@ def verify_hardware(prog: Program, model: str | Path | onnx.ModelProto, inputs: 
             got = sim.run(inputs)
             for n in names:
                 per_time[label][n].append(compare(got[n], ref[n]))
+                problems += [p for p in output_problems(n, got[n], ref[n], f"chip instance {r} at {label}")
+                             if p not in problems]
             if acc_name is not None:
                 accs[label].append(float(np.mean(as_array(got[acc_name]).argmax(axis=1) == labels)))
     reports = []
@@ -223,6 +258,7 @@ def verify_hardware(prog: Program, model: str | Path | onnx.ModelProto, inputs: 
             am = [o.argmax_agreement for o in reps]
             outs[n]["argmax_agreement"] = None if any(a is None for a in am) else Stat.of(am)  # type: ignore[arg-type]
         reports.append(TimeReport(label, secs, outs, Stat.of(accs[label]) if acc_name is not None else None))
-    passed = all(o["rel_err"].mean <= tol for t in reports for o in t.outputs.values())  # type: ignore[union-attr]
+    passed = not problems and \
+        all(o["rel_err"].mean <= tol for t in reports for o in t.outputs.values())  # type: ignore[union-attr]
     return HardwareVerifyReport(passed, tol, seed, repeats, drift_compensation, reports, ref_acc, acc_name,
-                                prog.calibration)
+                                prog.calibration, problems=problems)

@@ -243,6 +243,17 @@ def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
         raise InputError(f"cannot read inputs from {p}: {e}") from None
 
 
+def check_finite_inputs(inputs: Mapping[str, np.ndarray]) -> None:
+    """Refuse float inputs holding NaN or Inf: compared with onnxruntime they would prove nothing."""
+    for name, v in inputs.items():
+        a = np.asarray(v)
+        if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating):
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                raise InputError(f"input '{name}' holds {bad} non-finite value(s) (NaN or Inf) of {a.size}; "
+                                 f"give finite inputs (or allow them with --allow-nonfinite-inputs)")
+
+
 def verify(
     model: str | Path | onnx.ModelProto,
     *,
@@ -260,6 +271,7 @@ def verify(
     drift_compensation: bool = True,
     calibration_data: Mapping[str, np.ndarray] | None = None,
     labels: np.ndarray | None = None,
+    allow_nonfinite: bool = False,
 ) -> VerifyReport | HardwareVerifyReport:
     """Compile (unless ``program`` is given), simulate, and compare with onnxruntime on the original model.
 
@@ -268,7 +280,7 @@ def verify(
     the model has no input of that name. Hardware mode programs ``repeats`` chip instances from ``seed``
     and reads them at each of ``times`` ("1s,1h,1d,1y"); a program without
     calibrated I/O ranges is calibrated on ``calibration_data`` (or the stated
-    random fallback).
+    random fallback). Inputs holding NaN or Inf are refused unless ``allow_nonfinite``.
     """
     if mode not in ("ideal", "hardware"):
         raise AnacError(f"unknown verify mode '{mode}'; choose ideal or hardware")
@@ -290,6 +302,8 @@ def verify(
     else:
         inputs, labels = split_labels(declared, inputs, labels)
         check_inputs(declared, inputs)
+    if not allow_nonfinite:
+        check_finite_inputs(inputs)
     if program is None:
         program = compile_model(proto, input_shapes={k: v.shape for k, v in inputs.items()},
                                 hardware=hardware, options=options)

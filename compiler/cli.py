@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,12 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             root.removeHandler(handler)
     return click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")(wrapper)
+
+
+def _finite_tolerance(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number >= 0")
+    return value
 
 
 def _json_out(obj: Any) -> None:
@@ -226,15 +233,18 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
 @click.option("--drift-compensation/--no-drift-compensation", default=True, show_default=True,
               help="Hardware mode: global drift compensation per tile.")
 @_calibration_option
-@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None, callback=_finite_tolerance,
               help="Largest relative error that passes (default 1e-5 ideal; 0.25 mean in hardware mode).")
+@click.option("--allow-nonfinite-inputs", "allow_nonfinite", is_flag=True,
+              help="Accept --inputs holding NaN or Inf (refused by default: they prove nothing).")
 @_hw_option
 @_shape_option
 @_json_option
 @_command
 def verify_cmd(model: str, program: str | None, inputs: str | None, labels: str | None, batch: int | None,
                seed: int, mode: str, times: str, repeats: int, drift_compensation: bool, calibration_data: str | None,
-               tolerance: float | None, hardware: str | None, input_shape: tuple[str, ...], as_json: bool) -> None:
+               tolerance: float | None, allow_nonfinite: bool, hardware: str | None, input_shape: tuple[str, ...],
+               as_json: bool) -> None:
     """Simulate the compiled MODEL and compare it with onnxruntime on the original."""
     from anac.api import load_inputs, load_labels, parse_times, verify
 
@@ -245,7 +255,7 @@ def verify_cmd(model: str, program: str | None, inputs: str | None, labels: str 
                  mode=mode, tolerance=tolerance, input_shapes=_parse_shapes(input_shape), hardware=hardware,
                  times=when, repeats=repeats, drift_compensation=drift_compensation,
                  calibration_data=load_inputs(calibration_data) if calibration_data else None,
-                 labels=load_labels(labels) if labels else None)
+                 labels=load_labels(labels) if labels else None, allow_nonfinite=allow_nonfinite)
     if as_json:
         _json_out(rep.to_json())
     elif mode == "hardware":
@@ -255,6 +265,8 @@ def verify_cmd(model: str, program: str | None, inputs: str | None, labels: str 
         for name, o in rep.outputs.items():
             am = "-" if o.argmax_agreement is None else f"{o.argmax_agreement:.4f}"
             click.echo(f"{name:<24} {o.max_abs_err:>12.4g} {o.rel_err:>12.4g} {o.cosine:>10.6f} {am:>8}")
+        for p in rep.problems:
+            click.echo(f"problem: {p}")
         click.echo(f"{'PASSED' if rep.passed else 'FAILED'} ({rep.mode} mode, tolerance {rep.tolerance:g})")
     if not rep.passed:
         sys.exit(1)
@@ -273,6 +285,8 @@ def _print_hardware(rep: Any) -> None:
                 f"{t.accuracy.mean:.4f} +- {t.accuracy.std:.4f}"
             rel = f"{o['rel_err'].mean:.4f} +- {o['rel_err'].std:.4f}"
             click.echo(f"{t.label:<8} {name:<20} {rel:>17} {o['cosine'].mean:>10.6f} {am:>8} {acc:>17}")
+    for p in rep.problems:
+        click.echo(f"problem: {p}")
     verdict = "PASSED" if rep.passed else "FAILED"
     click.echo(f"{verdict} (hardware mode, mean relative error tolerance {rep.tolerance:g})")
 

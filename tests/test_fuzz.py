@@ -1,0 +1,80 @@
+"""Bad input of every kind answered with a clear error: exit 1 (AnacError) or 2 (usage), no traceback,
+nothing half-written (issue 17)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from anac.cli import main
+from click.testing import CliRunner
+from helpers import const, make_model, node, save, tensor
+
+RNG = np.random.default_rng(17)
+
+
+def run(*args: object) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_error(code: int, out: str, err: str, *needles: str, exit_code: int = 1) -> None:
+    assert code == exit_code, (out, err)
+    assert "Traceback" not in err + out
+    text = out + err
+    for n in needles:
+        assert n in text, (n, text)
+
+
+def gemm_model(tmp_path: Path, w: np.ndarray | None = None, name: str = "model.onnx") -> Path:
+    w = RNG.standard_normal((4, 3)).astype(np.float32) if w is None else w
+    m = make_model([node("MatMul", ["x", "w"], ["y"])], [tensor("x", [2, 4])], [tensor("y", [2, 3])],
+                   [const("w", w)])
+    return save(m, tmp_path, name)
+
+
+# 1. verify on garbage
+
+
+def test_verify_refuses_nonfinite_inputs(tmp_path: Path) -> None:
+    model = gemm_model(tmp_path)
+    x = np.full((2, 4), np.nan, np.float32)
+    np.savez(tmp_path / "nan.npz", x=x)
+    code, out, err = run("verify", model, "--inputs", tmp_path / "nan.npz")
+    assert_error(code, out, err, "input 'x' holds 8 non-finite value(s)", "--allow-nonfinite-inputs")
+    assert "PASSED" not in out
+    # Allowed explicitly, the NaN outputs still fail verification with a count.
+    code, out, err = run("verify", model, "--inputs", tmp_path / "nan.npz", "--allow-nonfinite-inputs")
+    assert_error(code, out, err, "FAILED", "output 'y' of onnxruntime (the reference) has 6 non-finite value(s)")
+    assert "PASSED" not in out
+
+
+def test_verify_fails_on_an_uninformative_reference(tmp_path: Path) -> None:
+    model = gemm_model(tmp_path, np.zeros((4, 3), np.float32))
+    code, out, err = run("verify", model)
+    assert_error(code, out, err, "FAILED", "the reference output 'y' is all zeros")
+    code, out, err = run("verify", model, "--json")
+    assert code == 1 and json.loads(out)["problems"] and not json.loads(out)["passed"]
+    const_model = make_model([node("Mul", ["x", "z"], ["p"]), node("Add", ["p", "c"], ["y"])],
+                             [tensor("x", [2, 4])], [tensor("y", [2, 4])],
+                             [const("z", np.zeros((1,), np.float32)), const("c", np.ones((1,), np.float32))])
+    code, out, err = run("verify", save(const_model, tmp_path, "const.onnx"))
+    assert_error(code, out, err, "FAILED", "the reference output 'y' is constant (1 everywhere)")
+
+
+@pytest.mark.parametrize("tol", ["nan", "inf", "-1", "-inf"])
+def test_verify_tolerance_must_be_finite(tmp_path: Path, tol: str) -> None:
+    code, out, err = run("verify", gemm_model(tmp_path), "--tolerance", tol)
+    assert_error(code, out, err, "--tolerance", exit_code=2)
+
+
+def test_verify_api_tolerance_must_be_finite(tmp_path: Path) -> None:
+    from anac.api import verify
+    from anac.core.errors import AnacError
+
+    with pytest.raises(AnacError, match="tolerance must be a finite number"):
+        verify(gemm_model(tmp_path), tolerance=float("nan"))
