@@ -134,6 +134,14 @@ window.addEventListener('load', function () {
 </script>"""
 
 
+def json_for_html(obj: Any) -> str:
+    """``obj`` as JSON that is safe inside a <script> element and still parses as JSON: HTML entities would not
+    be decoded there, so ``<``, ``>`` and ``&`` become JSON's own \\u escapes instead (no "</script>" can
+    appear); ensure_ascii escapes U+2028/U+2029."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def render_html(prog: Program, verify: dict[str, Any] | None = None) -> str:
     """The whole report as one HTML document."""
     table = placement_table(prog)
@@ -169,8 +177,7 @@ def render_html(prog: Program, verify: dict[str, Any] | None = None) -> str:
             f"<h2>Timeline of one inference</h2>{timeline_svg(prog)}"]
     if verify is not None:
         body.append(f"<h2>Accuracy after programming</h2>{accuracy_svg(verify)}")
-    body.append(f'<script type="application/json" id="report">{html.escape(json.dumps(report, sort_keys=True))}'
-                "</script>")
+    body.append(f'<script type="application/json" id="report">{json_for_html(report)}</script>')
     style = ("body{font-family:sans-serif;margin:20px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
              "padding:3px 8px;text-align:left}.chips svg{margin:4px;border:1px solid #999}")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>anac report</title><style>{style}</style>"

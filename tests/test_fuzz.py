@@ -78,3 +78,22 @@ def test_verify_api_tolerance_must_be_finite(tmp_path: Path) -> None:
 
     with pytest.raises(AnacError, match="tolerance must be a finite number"):
         verify(gemm_model(tmp_path), tolerance=float("nan"))
+
+
+# 2. the report's embedded JSON
+
+
+def test_html_report_json_parses_back_with_markup_in_names(tmp_path: Path) -> None:
+    import re
+
+    from anac.api import compile_model
+    from anac.htmlreport import render_html
+
+    name = 'fc</script><b a="1">&amp;'
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    m = make_model([node("MatMul", ["x", "w"], ["y"], name=name)], [tensor("x", [2, 4])], [tensor("y", [2, 3])],
+                   [const("w", w)])
+    page = render_html(compile_model(m))
+    blocks = re.findall(r'<script type="application/json" id="report">(.*?)</script>', page, re.S)
+    assert len(blocks) == 1 and "<" not in blocks[0] and "&" not in blocks[0]
+    assert [layer["node"] for layer in json.loads(blocks[0])["layers"]] == [name]
