@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -235,11 +236,12 @@ def load_inputs(path: str | Path) -> dict[str, np.ndarray]:
     """Arrays of an .npz file keyed by input name."""
     p = Path(path)
     try:
-        with np.load(p, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise InputError(f"{p} is a single .npy array; give an .npz keyed by input name")
+        data = np.load(p, allow_pickle=False)
+        if not hasattr(data, "files"):
+            raise InputError(f"{p} is a single .npy array; give an .npz keyed by input name")
+        with data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"cannot read inputs from {p}: {e}") from None
 
 

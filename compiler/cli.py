@@ -191,8 +191,8 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
                 as_json: bool) -> None:
     """Show the tile placement of a compiled PROGRAM directory, per chip, and a summary."""
     from anac.api import load_program
-    from anac.core.errors import InputError
-    from anac.htmlreport import write_html, write_svgs
+    from anac.core.errors import ArtifactError, InputError
+    from anac.htmlreport import accuracy_svg, write_html, write_svgs
     from anac.views import placement_table, render_text
 
     prog = load_program(program)
@@ -203,10 +203,20 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
                 verify = json.load(f)
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read verify results from {verify_json}: {e}") from None
-    if html_out:
-        log.info("wrote %s", write_html(prog, html_out, verify))
-    if svg_dir:
-        log.info("wrote %d chip map(s) to %s", len(write_svgs(prog, svg_dir)), svg_dir)
+        try:
+            if not isinstance(verify, dict):
+                raise TypeError(f"it holds a JSON {type(verify).__name__}, not an object")
+            accuracy_svg(verify)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise InputError(f"{verify_json} is not the output of `anac verify --mode hardware --json`: "
+                             f"{type(e).__name__}: {e}") from None
+    try:
+        if html_out:
+            log.info("wrote %s", write_html(prog, html_out, verify))
+        if svg_dir:
+            log.info("wrote %d chip map(s) to %s", len(write_svgs(prog, svg_dir)), svg_dir)
+    except OSError as e:
+        raise ArtifactError(f"cannot write the report: {e}") from None
     if as_json:
         _json_out(placement_table(prog))
     else:

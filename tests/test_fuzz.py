@@ -97,3 +97,40 @@ def test_html_report_json_parses_back_with_markup_in_names(tmp_path: Path) -> No
     blocks = re.findall(r'<script type="application/json" id="report">(.*?)</script>', page, re.S)
     assert len(blocks) == 1 and "<" not in blocks[0] and "&" not in blocks[0]
     assert [layer["node"] for layer in json.loads(blocks[0])["layers"]] == [name]
+
+
+# 4. other tracebacks
+
+
+@pytest.fixture(scope="module")
+def program_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("prog")
+    code, _, err = run("compile", gemm_model(where), "-o", where / "p.anac", "-q")
+    assert code == 0, err
+    return where / "p.anac"
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", None])
+def test_verify_inputs_not_an_npz(tmp_path: Path, content: bytes | None) -> None:
+    bad = tmp_path / "x.npy"
+    if content is None:
+        np.save(bad, np.zeros((2, 4), np.float32))
+    else:
+        bad.write_bytes(content)
+    code, out, err = run("verify", gemm_model(tmp_path), "--inputs", bad)
+    assert_error(code, out, err, str(bad))
+
+
+def test_inspect_html_into_a_missing_directory(program_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "dir" / "r.html"
+    code, out, err = run("inspect", program_dir, "--html", target)
+    assert_error(code, out, err, "cannot write the report", "r.html")
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', '{"times": [{"t": "1s"}]}', '{"times": 3}'])
+def test_inspect_verify_json_of_the_wrong_shape(program_dir: Path, tmp_path: Path, content: str) -> None:
+    (tmp_path / "v.json").write_text(content)
+    code, out, err = run("inspect", program_dir, "--html", tmp_path / "r.html", "--verify-json", tmp_path / "v.json")
+    assert_error(code, out, err, "is not the output of `anac verify --mode hardware --json`")
+    assert not (tmp_path / "r.html").exists()
