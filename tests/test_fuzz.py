@@ -4,6 +4,7 @@ nothing half-written (issue 17)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,47 @@ def test_inspect_verify_json_of_the_wrong_shape(program_dir: Path, tmp_path: Pat
     code, out, err = run("inspect", program_dir, "--html", tmp_path / "r.html", "--verify-json", tmp_path / "v.json")
     assert_error(code, out, err, "is not the output of `anac verify --mode hardware --json`")
     assert not (tmp_path / "r.html").exists()
+
+
+# 3. kill -9 during a save
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_next_save(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    model = gemm_model(tmp_path)
+    out = tmp_path / "m.anac"
+    assert run("compile", model, "-o", out, "-q")[0] == 0
+    # A compile that kills itself (SIGKILL) after writing the new program beside the old, before renaming.
+    script = ("import os, signal, anac.core.artifact as a\n"
+              "real = a._write\n"
+              "def write(prog, where):\n"
+              "    real(prog, where)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "a._write = write\n"
+              "from anac.cli import main\n"
+              f"main(['compile', {str(model)!r}, '-o', {str(out)!r}, '-q'], prog_name='anac')\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.anac."))
+    assert len(left) == 1 and left[0].endswith(".tmp"), left
+    # Siblings of other names, a live writer's and a dead writer's .old.
+    dead = tmp_path / f".m.anac.{_dead_pid()}-abcdefgh.old"
+    live = tmp_path / f".m.anac.{os.getpid()}-abcdefgh.tmp"
+    others = [tmp_path / ".m.anac.notes.tmp", tmp_path / f".n.anac.{_dead_pid()}-abcdefgh.tmp"]
+    for p in (dead, live, *others):
+        p.mkdir()
+    assert run("compile", model, "-o", out, "-q")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == \
+        sorted(p.name for p in (live, *others))
+    assert (out / "program.json").is_file()

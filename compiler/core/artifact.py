@@ -14,9 +14,12 @@ crash never leaves half a program.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ from anac.core.hardware import HardwareSpec
 from anac.core.ir import Graph, TensorInfo
 from anac.core.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
 from anac.core.recurrent import Cell, Recurrent
+
+log = logging.getLogger(__name__)
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps keep weights.npz byte-identical
 
@@ -129,18 +134,60 @@ def check_writable(out: str | Path) -> Path:
     return parent
 
 
+def _stale_siblings(out: Path) -> list[Path]:
+    """Hidden ``.NAME.PID-XXXXXXXX.tmp``/``.old`` siblings of ``out`` that a save killed mid-way left behind: their
+    writer (the PID in the name) is gone. Names without a PID (older anac) count when untouched for 10 minutes."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:(\d+)-)?[a-z0-9_]{{8}}\.(?:tmp|old)")
+    stale = []
+    for p in out.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m is None or p.is_symlink() or not p.is_dir():
+            continue
+        if m.group(1) is None:
+            try:
+                dead = time.time() - p.stat().st_mtime > 600
+            except OSError:
+                continue
+        else:
+            dead = not _alive(int(m.group(1)))
+        if dead:
+            stale.append(p)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # it exists (someone else's) or cannot be asked about: leave it
+    return True
+
+
 def save_program(prog: Program, out: str | Path) -> Path:
-    """Write the program directory atomically; return its path."""
+    """Write the program directory atomically; return its path.
+
+    The program is written to a hidden sibling ``.NAME.PID-XXXXXXXX.tmp`` and renamed; a replaced program moves
+    to ``.NAME.PID-XXXXXXXX.old`` first. Siblings of that pattern left by a save that was killed (its PID gone)
+    are removed first.
+    """
     out = Path(out)
     parent = check_writable(out)
+    for p in _stale_siblings(out):
+        log.info("removing %s, left by a save of %s that did not finish", p, out)
+        shutil.rmtree(p, ignore_errors=True)
+    prefix = f".{out.name}.{os.getpid()}-"
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
     except OSError as e:
         raise ArtifactError(f"cannot write the program to {out}: {e.strerror} ({parent})") from None
     try:
         _write(prog, tmp)
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=parent))
             os.replace(out, old / "program")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
