@@ -153,6 +153,9 @@ def model_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
     return [tensor_info(v) for v in model.graph.input if v.name not in inits]
 
 
+MAX_INPUT_BYTES = 2**32  # random inputs larger than this are a mistake (a --batch typo), not a test
+
+
 def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int = 0,
                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
     """Seeded random inputs: static dims as declared, a symbolic first dim set to ``batch`` (default 1)."""
@@ -174,6 +177,9 @@ def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int
                                  f"{t.name}=D0,D1,...")
             shape = tuple(_dim(t, i, d, batch) for i, d in enumerate(t.shape))
         dtype = t.dtype
+        if any(d < 0 for d in shape) or np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize > MAX_INPUT_BYTES:
+            raise InputError(f"input '{t.name}' of shape {list(shape)} ({dtype}) would take more than "
+                             f"{MAX_INPUT_BYTES / 2**30:g} GiB or has a negative dim; give a smaller --batch or shape")
         if np.issubdtype(dtype, np.floating):
             out[t.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:

@@ -58,10 +58,18 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")(wrapper)
 
 
-def _finite_tolerance(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """click's FloatRange lets nan and inf through; an option that takes a number takes a finite one."""
     if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number >= 0")
+        raise click.BadParameter(f"{value} is not a finite number")
     return value
+
+
+# Bounds of the integer options: far above any real use, far below what overflows int64 arithmetic downstream.
+MAX_CHIPS = 2**20
+MAX_TILES = 2**30
+MAX_BATCH = 2**20
+MAX_SEED = 2**32 - 1
 
 
 def _json_out(obj: Any) -> None:
@@ -96,19 +104,21 @@ def main() -> None:
               help="Weight encoding for every layer, or per layer (e.g. 4-PCM,fc0=2-PCM); default: the hardware's.")
 @click.option("--scale", type=click.Choice(["tile", "column"]), default=None,
               help="Conductance scale per tile (slice) or per output column.")
-@click.option("--clip-sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--clip-sigma", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="Clip weights beyond this many standard deviations before mapping to conductances.")
 @click.option("--split-strategy", type=click.Choice(["fill", "even"]), default=None, help="How matrices are cut.")
 @click.option("--prune-inputs", "prune", default=None, metavar="auto|LAYER=ROWS,...",
               help="Keep a layer's most important input rows (auto: the first layer to one tile's rows).")
-@click.option("--chips", type=click.IntRange(min=1), default=None,
+@click.option("--chips", type=click.IntRange(min=1, max=MAX_CHIPS), default=None,
               help="Chip budget: choose encodings per layer to fit it, and fail if the model cannot.")
-@click.option("--tiles", type=click.IntRange(min=1), default=None, help="Tile budget for the encoding choice.")
-@click.option("--pcm-per-weight", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--tiles", type=click.IntRange(min=1, max=MAX_TILES), default=None,
+              help="Tile budget for the encoding choice.")
+@click.option("--pcm-per-weight", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="Average PCM devices per weight allowed (e.g. 3.0).")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="CP-SAT time limit in seconds for the encoding choice (default 10).")
-@click.option("--max-chips", type=click.IntRange(min=1), default=None, help="Fail if the model needs more chips.")
+@click.option("--max-chips", type=click.IntRange(min=1, max=MAX_CHIPS), default=None,
+              help="Fail if the model needs more chips.")
 @_calibration_option
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None, help="Write what each pass produced.")
 @_json_option
@@ -230,20 +240,20 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
               help=".npz of inputs keyed by input name.")
 @click.option("--labels", "labels", default=None, metavar="FILE.npz[:KEY]",
               help="Accuracy labels (KEY defaults to labels; FILE may be the inputs file).")
-@click.option("--batch", type=click.IntRange(min=1), default=None,
+@click.option("--batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
               help="Batch of seeded random inputs (binds the symbolic leading dim; default 1).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0, show_default=True,
               help="Seed of the random inputs and of the first programmed chip instance.")
 @click.option("--mode", type=click.Choice(["ideal", "hardware"]), default="ideal", show_default=True,
               help="ideal: float weights, no noise; hardware: the device model of the hardware's family and its I/O.")
 @click.option("--t", "times", default="1s", show_default=True, metavar="T1,T2,...",
               help="Hardware mode: times after programming (s, m, h, d, w, y), e.g. 1s,1h,1d,1y.")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--repeats", type=click.IntRange(min=1, max=10_000), default=1, show_default=True,
               help="Hardware mode: chip instances programmed (seeds seed, seed+1, ...).")
 @click.option("--drift-compensation/--no-drift-compensation", default=True, show_default=True,
               help="Hardware mode: global drift compensation per tile.")
 @_calibration_option
-@click.option("--tolerance", type=click.FloatRange(min=0), default=None, callback=_finite_tolerance,
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None, callback=_finite,
               help="Largest relative error that passes (default 1e-5 ideal; 0.25 mean in hardware mode).")
 @click.option("--allow-nonfinite-inputs", "allow_nonfinite", is_flag=True,
               help="Accept --inputs holding NaN or Inf (refused by default: they prove nothing).")

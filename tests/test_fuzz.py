@@ -179,3 +179,60 @@ def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_next_save(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == \
         sorted(p.name for p in (live, *others))
     assert (out / "program.json").is_file()
+
+
+# 5. numbers at the edges
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--pcm-per-weight", "nan"], "--pcm-per-weight"), (["--pcm-per-weight", "inf"], "--pcm-per-weight"),
+    (["--clip-sigma", "nan"], "--clip-sigma"), (["--time-limit", "inf"], "--time-limit"),
+    (["--chips", str(10**30)], "--chips"), (["--tiles", str(2**63)], "--tiles"),
+    (["--max-chips", str(2**64)], "--max-chips"),
+])
+def test_compile_numbers_out_of_range(tmp_path: Path, args: list[str], needle: str) -> None:
+    out = tmp_path / "m.anac"
+    code, o, err = run("compile", gemm_model(tmp_path), "-o", out, *args)
+    assert_error(code, o, err, needle, exit_code=2)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seed", "-1"], "--seed"), (["--seed", str(2**64)], "--seed"), (["--batch", str(10**12)], "--batch"),
+    (["--repeats", str(10**9)], "--repeats"),
+])
+def test_verify_numbers_out_of_range(tmp_path: Path, args: list[str], needle: str) -> None:
+    code, o, err = run("verify", gemm_model(tmp_path), *args)
+    assert_error(code, o, err, needle, exit_code=2)
+
+
+def test_random_inputs_too_large(tmp_path: Path) -> None:
+    from anac.api import make_inputs
+    from anac.core.errors import InputError
+    from anac.core.ir import TensorInfo
+
+    info = TensorInfo("x", 1, ("N", 1 << 20))
+    with pytest.raises(InputError, match="input 'x' of shape .* would take more than 4 GiB"):
+        make_inputs([info], batch=1 << 20)
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"device": {"g_max_us": NaN}}', "device.g_max_us must be a finite number > 0, got nan"),
+    ('{"device": {"g_max_us": "big"}}', "device.g_max_us must be a finite number > 0"),
+    ('{"device": {"read_noise_q": [0.0088, 0.65, 0, 0.2]}}', "floor > 0"),
+    ('{"device": {"read_noise_q": [0.0088, 0.65, 0.2]}}', "device.read_noise_q must hold 4 numbers"),
+    ('{"device": {"t_read_s": -1}}', "device.t_read_s must be a finite number > 0"),
+    ('{"links": {"bandwidth_bytes_per_ns": Infinity}}', "links.bandwidth_bytes_per_ns must be a finite number > 0"),
+    ('{"energy": {"mac_pj": -0.1}}', "energy.mac_pj must be a finite number >= 0"),
+    ('{"tiles_per_chip": 1e300}', "tiles_per_chip must be a positive integer"),
+    ('{"tile_rows": 1099511627776}', "tile_rows must be an integer >= 1 and <= 1.04858e+06"),
+    ('{"mvm_time_ns": 0}', "mvm_time_ns must be a finite number > 0"),
+    ('{"encodings": [{"name": "4-PCM", "devices_per_weight": 4, "significance_factor": NaN}]}',
+     "encoding '4-PCM' significance_factor must be a finite number > 0"),
+])
+def test_hardware_spec_numbers_out_of_range(tmp_path: Path, content: str, needle: str) -> None:
+    (tmp_path / "hw.json").write_text(content)
+    out = tmp_path / "m.anac"
+    code, o, err = run("compile", gemm_model(tmp_path), "-o", out, "--hardware", tmp_path / "hw.json")
+    assert_error(code, o, err, needle)
+    assert not out.exists()

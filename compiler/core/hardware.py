@@ -198,11 +198,12 @@ class HardwareSpec:
         return self.tile_rows * self.tile_cols * self.devices_per_cell
 
     def validate(self) -> HardwareSpec:
-        """Check the numbers are consistent; return self."""
+        """Check every number is finite and in its range, and the numbers are consistent; return self."""
         for f in ("tiles_per_chip", "tile_rows", "tile_cols", "devices_per_cell", "input_bits", "output_bits"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise HardwareSpecError(f"hardware '{self.name}': {f} must be a positive integer, got {v!r}")
+        _check_ranges(self)
         if self.max_chips is not None and (not isinstance(self.max_chips, int) or self.max_chips <= 0):
             raise HardwareSpecError(
                 f"hardware '{self.name}': max_chips must be a positive integer, got {self.max_chips!r}")
@@ -235,6 +236,75 @@ class HardwareSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HardwareSpec:
         return _build(data, base=None)
+
+
+_INF = float("inf")
+# field: (low, low included, high, integer); every value must also be a real number (and finite).
+_RANGES: dict[str, tuple[float, bool, float, bool]] = {
+    "tiles_per_chip": (1, True, 2**20, True), "tile_rows": (1, True, 2**20, True),
+    "tile_cols": (1, True, 2**20, True), "devices_per_cell": (1, True, 64, True),
+    "input_bits": (1, True, 32, True), "output_bits": (2, True, 32, True),
+    "io_pads_per_chip": (1, True, 2**20, True), "tile_grid": (1, True, 2**20, True),
+    "max_chips": (1, True, 2**20, True),
+    "mvm_time_ns": (0, False, _INF, False), "host_stage_ns": (0, True, _INF, False),
+    "host_ns_per_element": (0, True, _INF, False),
+    "device.g_max_us": (0, False, _INF, False), "device.prog_noise_poly": (-_INF, False, _INF, False),
+    "device.drift_t0_s": (0, False, _INF, False), "device.drift_mu": (-_INF, False, _INF, False),
+    "device.drift_sigma": (-_INF, False, _INF, False), "device.t_read_s": (0, False, _INF, False),
+    "device.read_noise_q": (-_INF, False, _INF, False),
+    "links.bandwidth_bytes_per_ns": (0, False, _INF, False), "links.latency_ns": (0, True, _INF, False),
+    **{f"energy.{f.name}": (0, True, _INF, False) for f in fields(Energy)},
+    "encodings.devices_per_weight": (1, True, 64, True), "encodings.weights_per_cell": (1, True, 64, True),
+    "encodings.significance_factor": (0, False, _INF, False), "encodings.bits_per_device": (1, True, 32, True),
+}
+_LENGTHS = {"device.drift_mu": 4, "device.drift_sigma": 4, "device.read_noise_q": 4, "tile_grid": 2}
+
+
+def _range_text(lo: float, lo_in: bool, hi: float, integer: bool) -> str:
+    kind = "an integer" if integer else "a finite number"
+    low = f"{'>=' if lo_in else '>'} {lo:g}" if lo != -_INF else ""
+    high = f"<= {hi:g}" if hi != _INF else ""
+    return f"{kind} {' and '.join(x for x in (low, high) if x)}".rstrip()
+
+
+def _check_value(spec: str, where: str, key: str, v: Any) -> None:
+    lo, lo_in, hi, integer = _RANGES[key]
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+        (not integer or isinstance(v, int)) and (v >= lo if lo_in else v > lo) and v <= hi
+    if not ok:
+        raise HardwareSpecError(f"hardware '{spec}': {where} must be {_range_text(lo, lo_in, hi, integer)}, got {v!r}")
+
+
+def _check_ranges(hw: HardwareSpec) -> None:
+    """Every number of ``hw`` finite and in the range of ``_RANGES``, naming the field and the range."""
+    for key in _RANGES:
+        head, _, tail = key.partition(".")
+        if head == "encodings":
+            for e in hw.encodings:
+                v = getattr(e, tail, None)
+                if v is not None or tail != "bits_per_device":
+                    _check_value(hw.name, f"encoding '{e.name}' {tail}", key, v)
+            continue
+        v = getattr(getattr(hw, head), tail) if tail else getattr(hw, head)
+        if v is None and key == "max_chips":
+            continue
+        if isinstance(v, (tuple, list)):
+            if key in _LENGTHS and len(v) != _LENGTHS[key]:
+                raise HardwareSpecError(f"hardware '{hw.name}': {key} must hold {_LENGTHS[key]} numbers, "
+                                        f"got {len(v)}")
+            for i, x in enumerate(v):
+                _check_value(hw.name, f"{key}[{i}]", key, x)
+        else:
+            _check_value(hw.name, key, key, v)
+    c, e, floor, cap = hw.device.read_noise_q
+    if c < 0 or floor <= 0 or cap < floor:
+        raise HardwareSpecError(f"hardware '{hw.name}': device.read_noise_q = (c, exp, floor, cap) needs c >= 0, "
+                                f"floor > 0 (read noise divides by it) and cap >= floor, got {hw.device.read_noise_q}")
+    for name in ("drift_mu", "drift_sigma"):
+        lo, hi = getattr(hw.device, name)[2:]
+        if lo > hi:
+            raise HardwareSpecError(f"hardware '{hw.name}': device.{name} = (a, b, lo, hi) needs lo <= hi, "
+                                    f"got lo {lo} > hi {hi}")
 
 
 IBM_PCM_14NM = HardwareSpec(
