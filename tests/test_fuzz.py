@@ -236,3 +236,123 @@ def test_hardware_spec_numbers_out_of_range(tmp_path: Path, content: str, needle
     code, o, err = run("compile", gemm_model(tmp_path), "-o", out, "--hardware", tmp_path / "hw.json")
     assert_error(code, o, err, needle)
     assert not out.exists()
+
+
+# 6. the program directory is not trusted
+
+
+def _copy_program(program_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "p.anac"
+    shutil.copytree(program_dir, dst, symlinks=True)
+    return dst
+
+
+def _edit_json(prog: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    pj = prog / "program.json"
+    data = json.loads(pj.read_text())
+    edit(data)
+    pj.write_text(json.dumps(data))
+
+
+def _host_model_program(tmp_path: Path) -> Path:
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    m = make_model([node("MatMul", ["x", "w"], ["h"]), node("Softmax", ["h"], ["y"], axis=1)],
+                   [tensor("x", [2, 4])], [tensor("y", [2, 3])], [const("w", w)])
+    out = tmp_path / "h.anac"
+    assert run("compile", save(m, tmp_path, "h.onnx"), "-o", out, "-q")[0] == 0
+    return out
+
+
+@pytest.mark.parametrize("model_path,needle", [
+    ("../outside.onnx", "must be a relative path inside the program directory"),
+    ("/etc/passwd", "must be a relative path inside the program directory"),
+    ("host/link.onnx", "leads outside the program directory"),
+    (7, "must be a relative path inside the program directory"),
+])
+def test_program_file_paths_stay_inside(tmp_path: Path, model_path: object, needle: str) -> None:
+    prog = _host_model_program(tmp_path)
+    (tmp_path / "outside.onnx").write_bytes(b"")
+    (prog / "host" / "link.onnx").symlink_to(tmp_path / "outside.onnx")
+
+    def edit(d: dict) -> None:
+        st = next(s for s in d["stages"] if s["kind"] == "host")
+        st["model"] = model_path
+    _edit_json(prog, edit)
+    code, out, err = run("inspect", prog)
+    assert_error(code, out, err, needle, "stages[")
+
+
+def test_weights_npz_symlinked_out_is_refused(program_dir: Path, tmp_path: Path) -> None:
+    prog = _copy_program(program_dir, tmp_path)
+    (prog / "weights.npz").rename(tmp_path / "w.npz")
+    (prog / "weights.npz").symlink_to(tmp_path / "w.npz")
+    code, out, err = run("inspect", prog)
+    assert_error(code, out, err, "weights.npz", "leads outside the program directory")
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda d: d.pop("slices"), "slices"),
+    (lambda d: d.__setitem__("slices", 3), "slices"),
+    (lambda d: d["slices"][0].pop("rows"), "slices[0]"),
+    (lambda d: d["slices"][0].__setitem__("rows", "ab"), "slices[0]"),
+    (lambda d: d["matrices"][0].__setitem__("shape", None), "matrices[0]"),
+    (lambda d: d["mvms"][0].pop("node"), "mvms[0]"),
+    (lambda d: d.__setitem__("stages", [{"name": "s"}]), "stages[0]"),
+    (lambda d: d.__setitem__("placement", []), "placement"),
+    (lambda d: d.__setitem__("inputs", [None]), "inputs"),
+])
+def test_malformed_program_json_names_the_field(program_dir: Path, tmp_path: Path, edit, field: str) -> None:  # type: ignore[no-untyped-def]
+    prog = _copy_program(program_dir, tmp_path)
+    _edit_json(prog, edit)
+    code, out, err = run("inspect", prog)
+    assert_error(code, out, err, f"field '{field}'")
+
+
+def test_program_json_not_an_object(program_dir: Path, tmp_path: Path) -> None:
+    prog = _copy_program(program_dir, tmp_path)
+    (prog / "program.json").write_text("[]")
+    assert_error(*run("inspect", prog), "must hold a JSON object")
+
+
+def _rewrite_npz(prog: Path, change) -> None:  # type: ignore[no-untyped-def]
+    import zipfile
+
+    from anac.core.artifact import _write_npz
+
+    with np.load(prog / "weights.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    change(arrays)
+    _write_npz(prog / "weights.npz", list(arrays.items()))
+    assert zipfile.is_zipfile(prog / "weights.npz")
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda a: a.__setitem__("slice_0", np.zeros((3, 3), np.float32)), "has shape [3, 3]; program.json declares"),
+    (lambda a: a.__setitem__("slice_0", a["slice_0"].astype(np.complex64)), "weights must be real numbers"),
+    (lambda a: a["slice_0"].__setitem__((0, 0), np.nan), "1 non-finite value(s)"),
+    (lambda a: a.__setitem__("scale_0", np.full_like(a["scale_0"], np.inf)), "member scale_0 holds"),
+])
+def test_weights_npz_members_are_checked(program_dir: Path, tmp_path: Path, change, needle: str) -> None:  # type: ignore[no-untyped-def]
+    prog = _copy_program(program_dir, tmp_path)
+    _rewrite_npz(prog, change)
+    assert_error(*run("inspect", prog), needle)
+
+
+def test_weights_npz_header_lying_about_its_size(program_dir: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    prog = _copy_program(program_dir, tmp_path)
+    with np.load(prog / "weights.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    with zipfile.ZipFile(prog / "weights.npz", "w") as zf:
+        for k, v in arrays.items():
+            with zf.open(k + ".npy", "w") as f:
+                if k == "slice_0":
+                    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                             "shape": (2**20, 2**20)})
+                    f.write(b"\0" * 16)
+                else:
+                    np.lib.format.write_array(f, v)
+    assert_error(*run("inspect", prog), "member slice_0 declares shape [1048576, 1048576]")

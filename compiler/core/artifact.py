@@ -235,7 +235,8 @@ def _load_recurrent(path: Path, i: int, r: dict[str, Any], arrays: dict[str, np.
     cells = []
     for d, steps in enumerate(r["cells"]):
         n_models = sum(1 for s in steps if s[0] == "host")
-        models = [onnx.load(str(path / "host" / f"cell{i}_d{d}_{k}.onnx")) for k in range(n_models)]
+        models = [onnx.load(str(_inside(path, f"host/cell{i}_d{d}_{k}.onnx", f"recurrent[{i}].cells[{d}]")))
+                  for k in range(n_models)]
         cells.append(Cell([tuple(s) for s in steps], models))
     constants = {name: arrays[f"cell{i}_const{j}"] for j, name in enumerate(r["constants"])}
     return Recurrent(r["node"], r["op_type"], r["hidden"], r["layout"], r["directions"], r["x"], r["sequence_lens"],
@@ -252,7 +253,12 @@ def _write_npz(path: Path, arrays: list[tuple[str, np.ndarray]]) -> None:
 
 
 def load_program(path: str | Path) -> Program:
-    """Read a program directory written by ``save_program``."""
+    """Read a program directory written by ``save_program``.
+
+    Nothing in it is trusted: every file that program.json names must lie inside the directory, a missing or
+    mistyped field is an ArtifactError naming it, and each weights.npz member's header (dtype, shape) is checked
+    before its data is read.
+    """
     path = Path(path)
     pj = path / "program.json"
     if not pj.is_file():
@@ -261,50 +267,132 @@ def load_program(path: str | Path) -> Program:
         data = json.loads(pj.read_text())
     except (ValueError, OSError) as e:
         raise ArtifactError(f"{pj} is unreadable: {e}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{pj} must hold a JSON object, got a {type(data).__name__}")
     if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
         raise ArtifactError(f"{pj} is format {data.get('format')!r} version {data.get('version')!r}; "
                             f"this anac reads {FORMAT_NAME!r} version {FORMAT_VERSION}")
+    where = ["program.json"]
     try:
-        with np.load(path / "weights.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ArtifactError(f"{path / 'weights.npz'} is unreadable: {e}") from None
+        return _decode(path, data, where)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ArtifactError(f"{pj}: field '{where[0]}' is missing or malformed "
+                            f"({type(e).__name__}: {e})") from None
+
+
+def _inside(path: Path, rel: Any, field: str) -> Path:
+    """``path / rel`` when ``rel`` is a relative path that stays inside ``path`` (no '..', absolute or symlink out)."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ArtifactError(f"{path / 'program.json'}: field '{field}' = {rel!r} must be a relative path inside the "
+                            f"program directory")
+    p = path / rel
+    if not p.resolve().is_relative_to(path.resolve()):
+        raise ArtifactError(f"{path / 'program.json'}: field '{field}' = {rel!r} leads outside the program "
+                            f"directory (to {p.resolve()})")
+    return p
+
+
+def _read_npz(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The members of weights.npz; each member's header is read and checked (a real dtype, its size matching the
+    bytes stored, its shape the declared one for the names in ``expected``) before its data, which must be
+    finite."""
+    arrays = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = info.filename.removesuffix(".npy")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
+                    raise ArtifactError(f"{path}: member {name} is .npy format {version}; expected 1.0 or 2.0")
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                if dtype.kind not in "fiub" or dtype.hasobject:
+                    raise ArtifactError(f"{path}: member {name} has dtype {dtype}; weights must be real numbers")
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if nbytes != info.file_size - f.tell():
+                    raise ArtifactError(f"{path}: member {name} declares shape {list(shape)} ({dtype}, {nbytes} "
+                                        f"bytes) but holds {info.file_size - f.tell()} bytes")
+                if name in expected and tuple(shape) != expected[name]:
+                    raise ArtifactError(f"{path}: member {name} has shape {list(shape)}; program.json declares "
+                                        f"{list(expected[name])}")
+                a = np.frombuffer(f.read(nbytes), dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise ArtifactError(f"{path}: member {name} holds {int(a.size - np.isfinite(a).sum())} non-finite "
+                                    f"value(s) (NaN or Inf)")
+            arrays[name] = a
+    return arrays
+
+
+def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
+    """The Program of a program.json's ``data``; ``where[0]`` names the field being read (for the error)."""
+    where[0] = "inputs"
     inputs = [TensorInfo.from_json(t) for t in data["inputs"]]
+    where[0] = "outputs"
     outputs = [TensorInfo.from_json(t) for t in data["outputs"]]
+    where[0] = "model"
     graph = Graph(data["model"], [], inputs, outputs, {}, {}, {}, 0)
-    prog = Program(graph, HardwareSpec.from_json(data["hardware"]), inputs, outputs, options=data["options"])
-    slices = [Slice.from_json(s) for s in data["slices"]]
+    where[0] = "hardware"
+    hardware = HardwareSpec.from_json(data["hardware"])
+    where[0] = "options"
+    prog = Program(graph, hardware, inputs, outputs, options=data["options"])
+    slices = []
+    where[0] = "slices"
+    for i, s in enumerate(data["slices"]):
+        where[0] = f"slices[{i}]"
+        slices.append(Slice.from_json(s))
+    expected = {f"slice_{s.id}": (s.rows[1] - s.rows[0], s.cols[1] - s.cols[0]) for s in slices}
+    where[0] = "weights.npz"
+    npz = _inside(path, "weights.npz", "weights.npz")
+    try:
+        arrays = _read_npz(npz, expected)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ArtifactError(f"{npz} is unreadable: {e}") from None
     matrices = {}
+    where[0] = "matrices"
     for i, m in enumerate(data["matrices"]):
+        where[0] = f"matrices[{i}]"
         w = np.zeros(tuple(m["shape"]), dtype=np.float32)
         kept = arrays[f"kept_rows_{i}"] if m["pruned"] else None
         matrices[m["id"]] = Matrix(m["id"], m["node"], m["group"], w, m["encoding"], m["per_column"],
                                    m["clip_sigma"], kept, m["input_rows"])
-    for s in slices:
+    for i, s in enumerate(slices):
+        where[0] = f"slices[{i}]"
         matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]] = arrays[f"slice_{s.id}"]
         prog._targets[s.id] = (arrays[f"conductance_{s.id}"], arrays[f"scale_{s.id}"])
     mvms = {}
+    where[0] = "mvms"
     for i, m in enumerate(data["mvms"]):
+        where[0] = f"mvms[{i}]"
         bias = arrays.get(f"bias_{i}") if m["has_bias"] else None
         mvms[m["node"]] = MVM(m["node"], m["op_type"], m["kind"], m["input"], m["output"], m["matrices"],
                               bias=bias, alpha=m["alpha"], params=m["params"], activation=m["activation"],
                               input_range=m["input_range"])
     stages = []
-    for s in data["stages"]:
+    where[0] = "stages"
+    for i, s in enumerate(data["stages"]):
+        where[0] = f"stages[{i}]"
         st = Stage(s["name"], s["kind"], s["inputs"], s["outputs"], s["nodes"])
         if st.kind == "host":
+            model = _inside(path, s["model"], f"stages[{i}].model")
             try:
-                st.model = onnx.load(str(path / s["model"]))
+                st.model = onnx.load(str(model))
             except (OSError, ValueError) as e:
-                raise ArtifactError(f"host stage {st.name}: cannot read {path / s['model']}: {e}") from None
+                raise ArtifactError(f"host stage {st.name}: cannot read {model}: {e}") from None
         stages.append(st)
     prog.stages, prog.mvms, prog.matrices, prog.slices = stages, mvms, matrices, slices
-    prog.calibration = data["calibration"]
-    prog.pruning, prog.assignment = data["pruning"], data["assignment"]
-    prog.tensor_elements, prog.schedule = data["tensor_elements"], data["schedule"]
-    prog.recurrent = {r["node"]: _load_recurrent(path, i, r, arrays) for i, r in enumerate(data["recurrent"])}
+    for key in ("calibration", "pruning", "assignment", "tensor_elements", "schedule"):
+        where[0] = key
+        setattr(prog, key, data[key])
+    prog.recurrent = {}
+    where[0] = "recurrent"
+    for i, r in enumerate(data["recurrent"]):
+        where[0] = f"recurrent[{i}]"
+        prog.recurrent[r["node"]] = _load_recurrent(path, i, r, arrays)
+    where[0] = "placement"
     prog.chips_used = data["placement"]["chips"]
     prog.placement_info = {k: v for k, v in data["placement"].items() if k != "chips"}
     prog.produced.update({"partition", "pruning", "encodings", "slices", "placement", "schedule"})
+    where[0] = "program.json (consistency)"
     prog.verify()
     return prog
