@@ -356,3 +356,66 @@ def test_weights_npz_header_lying_about_its_size(program_dir: Path, tmp_path: Pa
                 else:
                     np.lib.format.write_array(f, v)
     assert_error(*run("inspect", prog), "member slice_0 declares shape [1048576, 1048576]")
+
+
+# 7. malformed ONNX graphs
+
+
+def _graph(nodes, inputs, outputs, inits=(), opset: int = 17):  # type: ignore[no-untyped-def]
+    from onnx import helper
+
+    g = helper.make_graph(list(nodes), "t", list(inputs), list(outputs), list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 9
+    return m
+
+
+def _malformed(case: str):  # type: ignore[no-untyped-def]
+    from onnx import TensorProto
+
+    w = np.ones((4, 3), np.float32)
+    mm = [node("MatMul", ["x", "w"], ["y"])]
+    x, y = [tensor("x", [2, 4])], [tensor("y", [2, 3])]
+    if case == "no nodes":
+        return _graph([], x, y)
+    if case == "output is an input":
+        return _graph(mm, x, [*y, tensor("x", [2, 4])], [const("w", w)])
+    t = const("w", w)
+    if case == "raw_data short":
+        t.raw_data = t.raw_data[:-4]
+    elif case == "negative dim":
+        t.dims[0] = -4
+    elif case == "huge dim":
+        t.dims[0] = 2**40
+    elif case == "huge input":
+        return _graph(mm, [tensor("x", [2**40, 4])], [tensor("y", [2**40, 3])], [t])
+    elif case == "opset 99":
+        return _graph(mm, x, y, [t], opset=99)
+    elif case == "string input":
+        return _graph([node("Identity", ["x"], ["y"])], [tensor("x", [2], TensorProto.STRING)],
+                      [tensor("y", [2], TensorProto.STRING)])
+    elif case == "cycle":
+        return _graph([node("MatMul", ["h", "w"], ["a"]), node("Relu", ["a"], ["h"]), node("Relu", ["a"], ["y"])],
+                      x, y, [t])
+    return _graph(mm, x, y, [t])
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("no nodes", "has no nodes"),
+    ("output is an input", "output(s) x are graph inputs passed straight through"),
+    ("raw_data short", "weight 'w' has dims [4, 3] (float32, 48 bytes) but holds 44 bytes"),
+    ("negative dim", "weight 'w' has dims [-4, 3]"),
+    ("huge dim", "weight 'w' has dims [1099511627776, 3]"),
+    ("huge input", "input 'x' has dims [1099511627776, 4]"),
+    ("opset 99", "opset 99 of the default ONNX domain"),
+    ("string input", "input 'x' is a string tensor"),
+    ("cycle", "has a cycle: node(s) 'a' (MatMul), 'h' (Relu)"),
+])
+def test_malformed_graphs_are_clear_errors(tmp_path: Path, case: str, needle: str) -> None:
+    import onnx
+
+    path = tmp_path / "bad.onnx"
+    onnx.save(_malformed(case), str(path))
+    for args in (["check", path], ["compile", path, "-o", tmp_path / "bad.anac"]):
+        assert_error(*run(*args), needle)
+    assert not (tmp_path / "bad.anac").exists()

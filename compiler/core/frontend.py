@@ -81,6 +81,7 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     (default 1, said once on the log); any other dim takes ``default_dim`` when
     given, else it is an error.
     """
+    check_structure(model)
     model = _upgrade_opset(model)
     g = model.graph
     opset = _opsets(model)
@@ -103,6 +104,112 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     _infer_shapes(graph)
     graph.outputs = [graph.value_info.get(t.name, t) if not t.is_static else t for t in graph.outputs]
     return graph
+
+
+MAX_ELEMENTS = 2**32  # a tensor (input or weight) of more elements is a malformed model, not a real one
+
+
+def check_structure(model: onnx.ModelProto, where: str = "the model") -> None:
+    """Refuse graphs that are malformed in ways that would crash later passes, each with a clear error: no nodes,
+    an output that is directly an input, a weight whose stored bytes do not match its dims, negative or huge dims,
+    an opset onnxruntime cannot run, string inputs, a cycle."""
+    g = model.graph
+    if not g.node:
+        raise ModelLoadError(f"{where} has no nodes: there is nothing to compile")
+    inits = {t.name for t in g.initializer} | {sp.values.name for sp in g.sparse_initializer}
+    real_inputs = {v.name for v in g.input if v.name not in inits}
+    direct = [o.name for o in g.output if o.name in real_inputs]
+    if direct:
+        raise ModelLoadError(f"{where}: output(s) {', '.join(direct)} are graph inputs passed straight through; "
+                             f"anac compiles computations, remove them or add an Identity")
+    for t in g.initializer:
+        _check_initializer(t, where)
+    for v in g.input:
+        if v.name in inits or not v.type.HasField("tensor_type"):
+            continue
+        tt = v.type.tensor_type
+        if tt.elem_type == onnx.TensorProto.STRING:
+            raise UnsupportedModelError(f"{where}: input '{v.name}' is a string tensor; anac compiles numeric "
+                                        f"models only (no crossbar or simulator input can be text)")
+        dims = [d.dim_value for d in tt.shape.dim if d.HasField("dim_value")]
+        if any(d < 0 for d in dims) or np.prod(dims, dtype=np.float64) > MAX_ELEMENTS:
+            raise ShapeError(f"{where}: input '{v.name}' has dims {dims}: each must be >= 0 and the tensor at most "
+                             f"{MAX_ELEMENTS:,} elements")
+    _check_opset(model, where)
+    _check_acyclic(g, where)
+
+
+def _check_initializer(t: onnx.TensorProto, where: str) -> None:
+    dims = list(t.dims)
+    if any(d < 0 for d in dims) or np.prod(dims, dtype=np.float64) > MAX_ELEMENTS:
+        raise ModelLoadError(f"{where}: weight '{t.name}' has dims {dims}: each must be >= 0 and the tensor at most "
+                             f"{MAX_ELEMENTS:,} elements")
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+        return
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    except (KeyError, ValueError):
+        raise ModelLoadError(f"{where}: weight '{t.name}' has unknown data type {t.data_type}") from None
+    n = int(np.prod(dims, dtype=np.int64))
+    if t.HasField("raw_data"):
+        want = (n + 1) // 2 if t.data_type in _PACKED_4BIT else (n + 3) // 4 if t.data_type in _PACKED_2BIT \
+            else n * dtype.itemsize
+        if len(t.raw_data) != want:
+            raise ModelLoadError(f"{where}: weight '{t.name}' has dims {dims} ({dtype}, {want} bytes) but holds "
+                                 f"{len(t.raw_data)} bytes of raw_data")
+        return
+    try:
+        numpy_helper.to_array(t)
+    except (ValueError, TypeError) as e:
+        raise ModelLoadError(f"{where}: weight '{t.name}' does not match its dims {dims}: {e}") from None
+
+
+_PACKED_2BIT = {getattr(onnx.TensorProto, n) for n in ("INT2", "UINT2") if hasattr(onnx.TensorProto, n)}
+_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
+def _check_opset(model: onnx.ModelProto, where: str) -> None:
+    current = _opsets(model).get("")
+    if current is None:
+        return
+    known = onnx.defs.onnx_opset_version()
+    ort = max((lo for (d, _), ranges in _ort_kernels().items() if d == "" for lo, _ in ranges), default=known)
+    if current > known or current < 1:
+        import onnxruntime
+
+        raise UnsupportedModelError(f"{where} uses opset {current} of the default ONNX domain; onnx "
+                                    f"{onnx.__version__} knows opsets 1 to {known} and onnxruntime "
+                                    f"{onnxruntime.__version__} runs up to about {ort}: re-export at opset <= {known}")
+
+
+def _check_acyclic(g: onnx.GraphProto, where: str) -> None:
+    """Kahn's algorithm over the top-level nodes; tensors nobody produces count as available."""
+    producer: dict[str, int] = {}
+    for i, n in enumerate(g.node):
+        for o in n.output:
+            if o:
+                producer[o] = i
+    waiting = [sum(1 for x in set(n.input) if x and producer.get(x, i) != i) for i, n in enumerate(g.node)]
+    readers: dict[int, list[int]] = {}
+    for i, n in enumerate(g.node):
+        for x in set(n.input):
+            if x and x in producer and producer[x] != i:
+                readers.setdefault(producer[x], []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    done = 0
+    while ready:
+        i = ready.pop()
+        done += 1
+        for r in readers.get(i, []):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                ready.append(r)
+    self_loop = [n for n in g.node if any(x and x in n.output for x in n.input)]
+    if done < len(g.node) or self_loop:
+        stuck = self_loop or [n for i, n in enumerate(g.node) if waiting[i] > 0]
+        names = ", ".join(f"'{n.name or n.output[0]}' ({n.op_type})" for n in stuck[:8])
+        raise ModelLoadError(f"{where} has a cycle: node(s) {names}{' ...' if len(stuck) > 8 else ''} "
+                             f"are in or behind a loop of nodes reading their own outputs")
 
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:
