@@ -419,3 +419,60 @@ def test_malformed_graphs_are_clear_errors(tmp_path: Path, case: str, needle: st
     for args in (["check", path], ["compile", path, "-o", tmp_path / "bad.anac"]):
         assert_error(*run(*args), needle)
     assert not (tmp_path / "bad.anac").exists()
+
+
+# 8. external data
+
+
+def _external_model(where: Path) -> Path:
+    import onnx
+
+    where.mkdir(parents=True, exist_ok=True)
+    w = RNG.standard_normal((64, 64)).astype(np.float32)
+    m = make_model([node("MatMul", ["x", "w"], ["y"])], [tensor("x", [2, 64])], [tensor("y", [2, 64])],
+                   [const("w", w)])
+    path = where / "model.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data",
+              size_threshold=0)
+    return path
+
+
+def _set_location(path: Path, location: str) -> None:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = location
+    onnx.save(m, str(path))
+
+
+def test_external_data_is_read(tmp_path: Path) -> None:
+    path = _external_model(tmp_path / "m")
+    assert run("check", path)[0] == 0
+
+
+def test_missing_external_data_file(tmp_path: Path) -> None:
+    path = _external_model(tmp_path / "m")
+    (path.parent / "model.onnx.data").unlink()
+    for args in (["check", path], ["compile", path, "-o", tmp_path / "m.anac"]):
+        assert_error(*run(*args), "tensor 'w'", "model.onnx.data", f"looked for at {path.parent / 'model.onnx.data'}",
+                     "no such file")
+
+
+@pytest.mark.parametrize("kind", ["absolute", "parent", "symlink"])
+def test_external_data_outside_the_model_directory(tmp_path: Path, kind: str) -> None:
+    path = _external_model(tmp_path / "m")
+    data = path.parent / "model.onnx.data"
+    outside = tmp_path / "outside.data"
+    data.rename(outside)
+    if kind == "absolute":
+        _set_location(path, str(outside))
+        needle = "must be a file name relative to the model's directory"
+    elif kind == "parent":
+        _set_location(path, "../outside.data")
+        needle = "must be a file name relative to the model's directory"
+    else:
+        data.symlink_to(outside)
+        needle = "leads outside the model's directory"
+    assert_error(*run("check", path), "tensor 'w'", needle)

@@ -50,11 +50,12 @@ def load_onnx(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         if path.is_dir():
             raise ModelLoadError(f"{path} is a directory, not an ONNX file")
         try:
-            model = onnx.load(str(path))
+            model = onnx.load(str(path), load_external_data=False)
         except (DecodeError, ValueError, RuntimeWarning) as e:
             raise ModelLoadError(f"{path} is not a readable ONNX model (truncated or not ONNX): {e}") from None
         except OSError as e:
-            raise ModelLoadError(f"cannot read {path} or its external data: {e}") from None
+            raise ModelLoadError(f"cannot read {path}: {e}") from None
+        _load_external_data(model, path)
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelLoadError(f"{where} holds no ONNX graph (truncated or not an ONNX file)")
     if model.ir_version <= 0:
@@ -70,6 +71,40 @@ def load_onnx(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         first = str(e).strip().splitlines()[0]
         log.warning("%s does not pass onnx.checker (%s); continuing", where, first)
     return model
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the tensors ``model`` (loaded from ``path``) keeps in external files, each of which must be a
+    relative path inside the model's directory that exists: a missing .onnx.data file (the exporter wrote
+    model.onnx + model.onnx.data and only the .onnx was copied), an absolute or '../' location or a symlink out
+    is a ModelLoadError naming the tensor, the file expected and where it was looked for."""
+    tensors = _external_tensors(model)
+    if not tensors:
+        return
+    base = path.parent.resolve()
+    for t in tensors:
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        looked = base / location
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise ModelLoadError(f"{path}: tensor '{t.name}' keeps its data at {location!r}; an external-data "
+                                 f"location must be a file name relative to the model's directory {base}")
+        if not looked.resolve().is_relative_to(base):
+            raise ModelLoadError(f"{path}: tensor '{t.name}' keeps its data in {location}, which leads outside "
+                                 f"the model's directory {base} (to {looked.resolve()})")
+        if not looked.is_file():
+            raise ModelLoadError(f"{path}: tensor '{t.name}' keeps its data in the external file {location}, "
+                                 f"looked for at {looked}: no such file (copy it beside the .onnx file; "
+                                 f"exporters write model.onnx and model.onnx.data together)")
+    try:
+        onnx.load_external_data_for_model(model, str(base))
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise ModelLoadError(f"cannot read the external data of {path} (in {base}): {e}") from None
 
 
 def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None,
