@@ -227,6 +227,10 @@ def test_random_inputs_too_large(tmp_path: Path) -> None:
     ('{"tiles_per_chip": 1e300}', "tiles_per_chip must be a positive integer"),
     ('{"tile_rows": 1099511627776}', "tile_rows must be an integer >= 1 and <= 1.04858e+06"),
     ('{"mvm_time_ns": 0}', "mvm_time_ns must be a finite number > 0"),
+    ('{"encodings": 3}', "hardware field 'encodings' must be a list"),
+    ('{"tile_grid": 5}', "hardware field 'tile_grid' must be a list"),
+    ('{"device": {"drift_mu": 3}}', "hardware field 'device.drift_mu' must be a list of 4 numbers"),
+    ('{"name": 5}', "hardware field 'name' must be a string"),
     ('{"encodings": [{"name": "4-PCM", "devices_per_weight": 4, "significance_factor": NaN}]}',
      "encoding '4-PCM' significance_factor must be a finite number > 0"),
 ])

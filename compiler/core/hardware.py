@@ -466,6 +466,9 @@ def _build(data: dict[str, Any], base: HardwareSpec | None) -> HardwareSpec:
     unknown = sorted(set(data) - known)
     if unknown:
         raise HardwareSpecError(f"unknown hardware field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for key in ("encodings", "analog_activations", "tile_grid"):
+        if key in data and not isinstance(data[key], (list, tuple)):
+            raise HardwareSpecError(f"hardware field '{key}' must be a list, got {type(data[key]).__name__}")
     if "encodings" in data:
         data["encodings"] = tuple(_sub(Encoding, e, None, "encodings") for e in data["encodings"])
     for key, cls in (("device", DeviceModel), ("links", Links), ("energy", Energy)):
@@ -474,6 +477,9 @@ def _build(data: dict[str, Any], base: HardwareSpec | None) -> HardwareSpec:
     for key in ("analog_activations", "tile_grid"):
         if key in data:
             data[key] = tuple(data[key])
+    for key in ("name", "default_encoding", "input_encoding", "input_sign", "output_encoding", "partial_sums"):
+        if key in data and not isinstance(data[key], str):
+            raise HardwareSpecError(f"hardware field '{key}' must be a string, got {type(data[key]).__name__}")
     try:
         spec = replace(base, **data) if base is not None else HardwareSpec(**data)
     except TypeError as e:
@@ -496,6 +502,12 @@ def _sub(cls: type, value: Any, base: Any, where: str) -> Any:
     if cls is DeviceModel and base is not None and value.get("family", base.family) != base.family:
         # another family than the preset's: its own sources, not the preset's
         value.setdefault("sources", dict(FAMILY_SOURCES.get(value["family"], {})))
+    for k, v in value.items():
+        default = getattr(base, k, None) if base is not None else \
+            next((f.default for f in fields(cls) if f.name == k), None)
+        if isinstance(default, tuple) and not isinstance(v, tuple):
+            raise HardwareSpecError(f"hardware field '{where}.{k}' must be a list of {len(default)} numbers, "
+                                    f"got {type(v).__name__}")
     try:
         return replace(base, **value) if base is not None else cls(**value)
     except TypeError as e:
