@@ -186,7 +186,10 @@ def test_real_model_matches_onnxruntime(model_name: str) -> None:
     _placed(prog)
     report = verify(path, program=prog, tolerance=1e-5)
     errs = {k: v.rel_err for k, v in report.outputs.items()}
-    assert report.passed, f"{model_name}: relative errors {errs}"
+    # The light models' weights are constants (ConstantOfShape), so some outputs are constant too: verify fails
+    # those as carrying no information. The figures must still match onnxruntime.
+    other = [p for p in report.problems if "carries no information" not in p]
+    assert not other and all(e <= 1e-5 for e in errs.values()), f"{model_name}: relative errors {errs}, {other}"
 
 
 def _with_logits(path: Path) -> tuple[onnx.ModelProto, str]:
