@@ -25,7 +25,7 @@ from anac.backends.simulator import Simulator, check_inputs, simulate
 from anac.backends.verify import HardwareVerifyReport, VerifyReport, parse_times, verify_hardware, verify_program
 from anac.core.artifact import check_writable, default_output, load_program, report_json, save_program, summary
 from anac.core.errors import AnacError, InputError, PlacementCapacityError, ShapeError
-from anac.core.frontend import find_unsupported, import_model, load_onnx, tensor_info
+from anac.core.frontend import batch_inputs, find_unsupported, import_model, load_onnx, tensor_info
 from anac.core.hardware import HardwareSpec, load_hardware
 from anac.core.ir import TensorInfo
 from anac.core.lowering import lower
@@ -161,10 +161,10 @@ def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int
     """Seeded random inputs: static dims as declared, a symbolic first dim set to ``batch`` (default 1)."""
     rng = np.random.default_rng(seed)
     given = input_shapes or {}
-    free = _batch_inputs(infos, batch, given)
+    free = batch_inputs(infos, given, batch)
     if free and batch is None:
         log.warning("symbolic batch dim of input(s) %s bound to 1 (--batch N, or batch=N in the API, binds it to N)",
-                    ", ".join(free))
+                    ", ".join(t.name for t in free))
     out = {}
     for t in infos:
         if t.elem_type == 0:
@@ -190,15 +190,6 @@ def make_inputs(infos: Sequence[TensorInfo], batch: int | None = None, seed: int
             raise InputError(f"input '{t.name}' is {dtype}; anac cannot make random values of that type, "
                              f"give them with --inputs")
     return out
-
-
-def _batch_inputs(infos: Sequence[TensorInfo], batch: int | None, given: Mapping[str, Sequence[int]]) -> list[str]:
-    """Inputs whose leading dim is symbolic (the batch); with ``batch`` there must be one."""
-    free = [t.name for t in infos if t.name not in given and t.shape and not isinstance(t.shape[0], int)]
-    if batch is not None and not free:
-        raise ShapeError(f"--batch {batch}: no input of the model has a symbolic leading (batch) dim (inputs: "
-                         + ", ".join(f"{t.name} {list(t.shape or [])}" for t in infos) + ")")
-    return free
 
 
 def _dim(t: TensorInfo, i: int, d: int | str | None, batch: int | None) -> int:
@@ -299,7 +290,7 @@ def verify(
         program = load_program(program)
     if inputs is None and program is not None:
         # A compiled program has its shapes bound: the batch must be the one it was compiled for.
-        _batch_inputs(declared, batch, input_shapes or {})
+        batch_inputs(declared, input_shapes or {}, batch)
         fixed = {t.shape[0] for t in program.inputs if t.shape}
         if batch is not None and fixed != {batch}:
             raise ShapeError(f"the program was compiled for a batch of {', '.join(map(str, sorted(fixed)))}; "

@@ -404,6 +404,19 @@ def _bind_shapes(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]],
     return bound
 
 
+def batch_inputs(inputs: Sequence[TensorInfo], given: Mapping[str, Sequence[int]], batch: int | None = None,
+                 symbols: Mapping[str, int] | None = None) -> list[TensorInfo]:
+    """Inputs whose leading (batch) dim is symbolic and not bound otherwise; with ``batch`` there must be one."""
+    bound = symbols or {}
+    free = [t for t in inputs if t.name not in given and t.elem_type != 0 and t.shape
+            and not isinstance(t.shape[0], int) and not (isinstance(t.shape[0], str) and t.shape[0] in bound)]
+    if batch is not None and not free:
+        shapes = ", ".join(f"{t.name} {_fmt(t.shape or ())}" for t in inputs) or "(none)"
+        raise ShapeError(f"--batch {batch}: no input of the model has a symbolic leading (batch) dim to bind "
+                         f"(inputs: {shapes}); use --input-shape to set other dims")
+    return free
+
+
 def _bind_batch(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]], symbols: dict[str, int],
                 batch: int | None) -> dict[str, int]:
     """Bind every symbolic leading dim not given otherwise to ``batch`` (default 1); inputs -> value.
@@ -413,12 +426,7 @@ def _bind_batch(inputs: list[TensorInfo], given: Mapping[str, Sequence[int]], sy
     """
     if batch is not None and batch < 1:
         raise ShapeError(f"--batch must be a positive whole number, got {batch}")
-    free = [t for t in inputs if t.name not in given and t.elem_type != 0 and t.shape
-            and not isinstance(t.shape[0], int) and not (isinstance(t.shape[0], str) and t.shape[0] in symbols)]
-    if batch is not None and not free:
-        shapes = ", ".join(f"{t.name} {_fmt(t.shape or ())}" for t in inputs) or "(none)"
-        raise ShapeError(f"--batch {batch}: no input of the model has a symbolic leading (batch) dim to bind "
-                         f"(inputs: {shapes}); use --input-shape to set other dims")
+    free = batch_inputs(inputs, given, batch, symbols)
     value = 1 if batch is None else batch
     leading: dict[str, int] = {}
     for t in free:
