@@ -24,7 +24,8 @@ from anac.backends.estimates import layer_sensitivity
 from anac.backends.simulator import Simulator, check_inputs, simulate
 from anac.backends.verify import HardwareVerifyReport, VerifyReport, parse_times, verify_hardware, verify_program
 from anac.core.artifact import check_writable, default_output, load_program, report_json, save_program, summary
-from anac.core.errors import AnacError, InputError, PlacementCapacityError, ShapeError
+from anac.core.digest import model_digest
+from anac.core.errors import AnacError, InputError, PlacementCapacityError, ProgramMismatchError, ShapeError
 from anac.core.frontend import batch_inputs, find_unsupported, import_model, load_onnx, tensor_info
 from anac.core.hardware import HardwareSpec, load_hardware
 from anac.core.ir import TensorInfo
@@ -288,6 +289,11 @@ def verify(
     declared = model_inputs(proto)
     if isinstance(program, (str, Path)):
         program = load_program(program)
+    if program is not None and program.model_digest is not None and program.model_digest != model_digest(proto):
+        raise ProgramMismatchError(
+            f"the program was compiled from another model: its model digest is {program.model_digest}, "
+            f"{model if isinstance(model, (str, Path)) else 'the model given'} has {model_digest(proto)}; "
+            f"compile this model again or verify against the model the program came from")
     if inputs is None and program is not None:
         # A compiled program has its shapes bound: the batch must be the one it was compiled for.
         batch_inputs(declared, input_shapes or {}, batch)

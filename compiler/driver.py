@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import onnx
+from anac.core.digest import model_digest
 from anac.core.errors import PipelineError
 from anac.core.frontend import check_supported, import_model, load_onnx
 from anac.core.hardware import HardwareSpec, load_hardware
@@ -94,13 +95,15 @@ def compile_model(
     t0 = time.perf_counter()
     proto = load_onnx(model)
     graph = import_model(proto, input_shapes, batch=batch)
+    digest = model_digest(proto)
     del proto
     check_supported(graph)
     frontend_s = time.perf_counter() - t0
     say(f"frontend: {len(graph.nodes)} nodes, {graph.weight_count:,} constant values ({frontend_s:.2f} s)")
     prog = Program(graph, spec, list(graph.inputs), list(graph.outputs),
                    options={k: v for k, v in sorted(options.items())
-                            if v is not None and k not in MEASURED_OPTIONS and _plain(v)})
+                            if v is not None and k not in MEASURED_OPTIONS and _plain(v)},
+                   model_digest=digest)
     prog.timings["frontend"] = frontend_s
     for i, p in enumerate(passes):
         t = time.perf_counter()

@@ -480,3 +480,22 @@ def test_external_data_outside_the_model_directory(tmp_path: Path, kind: str) ->
         data.symlink_to(outside)
         needle = "leads outside the model's directory"
     assert_error(*run("check", path), "tensor 'w'", needle)
+
+
+def test_verify_with_a_program_from_another_model(tmp_path: Path) -> None:
+    first = gemm_model(tmp_path, name="first.onnx")
+    retrained = gemm_model(tmp_path, RNG.standard_normal((4, 3)).astype(np.float32), name="retrained.onnx")
+    code, _, err = run("compile", first, "-o", tmp_path / "p.anac", "-q")
+    assert code == 0, err
+    code, out, err = run("verify", first, "--program", tmp_path / "p.anac")
+    assert code == 0 and "PASSED" in out, (out, err)
+    # Same graph, other weights: the stale program is named, not compared.
+    code, out, err = run("verify", retrained, "--program", tmp_path / "p.anac")
+    assert_error(code, out, err, "compiled from another model", "retrained.onnx")
+    assert "PASSED" not in out
+    # A program written before digests were stored is still accepted.
+    data = json.loads((tmp_path / "p.anac" / "program.json").read_text())
+    del data["model_digest"]
+    (tmp_path / "p.anac" / "program.json").write_text(json.dumps(data))
+    code, out, err = run("verify", retrained, "--program", tmp_path / "p.anac")
+    assert "compiled from another model" not in out + err

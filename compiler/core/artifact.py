@@ -52,6 +52,7 @@ def program_json(prog: Program) -> dict[str, Any]:
         "version": FORMAT_VERSION,
         "compiler": f"anac {__version__}",
         "model": prog.graph.name,
+        "model_digest": prog.model_digest,
         "inputs": [t.to_json() for t in prog.inputs],
         "outputs": [t.to_json() for t in prog.outputs],
         "options": prog.options,
@@ -336,6 +337,11 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
     hardware = HardwareSpec.from_json(data["hardware"])
     where[0] = "options"
     prog = Program(graph, hardware, inputs, outputs, options=data["options"])
+    where[0] = "model_digest"
+    digest = data.get("model_digest")
+    if digest is not None and not isinstance(digest, str):
+        raise TypeError(f"expected a string, got {type(digest).__name__}")
+    prog.model_digest = digest
     slices = []
     where[0] = "slices"
     for i, s in enumerate(data["slices"]):

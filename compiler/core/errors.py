@@ -52,3 +52,7 @@ class InputError(AnacError):
 
 class PipelineError(AnacError):
     """The pass pipeline is misconfigured (a pass ran before what it requires)."""
+
+
+class ProgramMismatchError(ArtifactError):
+    """A program used with a model it was not compiled from (their digests differ)."""

@@ -135,6 +135,7 @@ class Program:
     inputs: list[TensorInfo]  # graph inputs with the shapes the program was compiled for
     outputs: list[TensorInfo]
     options: dict[str, Any] = field(default_factory=dict)
+    model_digest: str | None = None  # anac.core.digest of the ONNX model compiled
     produced: set[str] = field(default_factory=lambda: {"graph"})
     # partition
     stages: list[Stage] | None = None
