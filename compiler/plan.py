@@ -36,7 +36,7 @@ from anac.core.errors import AnacError, PlacementCapacityError
 from anac.core.hardware import HardwareSpec, load_hardware
 from anac.core.program import Program
 from anac.driver import MEASURED_OPTIONS, PIPELINE, check_pipeline, configure, import_program, run_passes
-from anac.passes.assign_devices import tile_budget
+from anac.passes.assign_devices import parse_encodings, tile_budget
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +105,19 @@ def size_sensitivity(prog: Program) -> dict[str, dict[str, float]]:
 
 def _encoding_rule(prog: Program) -> str:
     hw, opts = prog.hardware, prog.options
+    default, per_layer = parse_encodings(opts.get("encoding"))
+    named = f"the layers --encoding names as it names them ({', '.join(f'{k}={v}' for k, v in per_layer.items())}); " \
+        if per_layer else ""
     budget = [f"{k.replace('_', ' ')} {opts[k]}" for k in BUDGETS if opts.get(k) is not None]
-    given = f"as --encoding gives ({opts['encoding']}), " if opts.get("encoding") else ""
     if budget:
-        return (f"{given}under a budget ({', '.join(budget)}); sensitivity cannot be measured without weights, so "
+        return (f"{named}under a budget ({', '.join(budget)}); sensitivity cannot be measured without weights, so "
                 f"a layer's squared sensitivity to an encoding is taken as its share of the crossbar weights over "
                 f"the encoding's devices per weight: the budget is met by giving the cheaper encoding to the "
                 f"fewest weights")
-    return (f"{given}the hardware's default {hw.default_encoding} for every other layer, as compile does without a "
-            f"budget")
+    if default:
+        return f"{named}{default} for every {'other ' if named else ''}layer, as --encoding gives"
+    return f"{named}the hardware's default {hw.default_encoding} for every {'other ' if named else ''}layer, " \
+        f"as compile does without --encoding or a budget"
 
 
 def plan_report(prog: Program) -> dict[str, Any]:
