@@ -207,7 +207,7 @@ def _plan(model: str, output: str | None, hardware: str | None, input_shape: tup
     spec = _budgeted_spec(hardware, options.get("chips"), max_chips)
     prog, out = plan_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape), batch=batch,
                         options=options, dump_dir=dump_dir)
-    rep = plan_report(prog)
+    rep = plan_report(prog, json.loads((out / "report.json").read_text()))  # as written, not made again
     if as_json:
         _json_out({**rep, "output": str(out)})
         return

@@ -120,13 +120,24 @@ def _encoding_rule(prog: Program) -> str:
         f"as compile does without --encoding or a budget"
 
 
-def plan_report(prog: Program) -> dict[str, Any]:
-    """What compile would report (report.json), plus bytes on links and weights, layers and tiles per encoding."""
-    rep = report_json(prog)
+def plan_report(prog: Program, report: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What compile would report (report.json, or ``report`` when already made), plus the bytes on links and the
+    layers, weights and tiles per encoding."""
+    rep = dict(report) if report is not None else report_json(prog)
     layers: dict[str, Counter[str]] = defaultdict(Counter)
     for layer in rep["layers"]:
         layers[layer["encoding"]].update({"layers": 1, "weights": layer["weights"]})
     tiles = Counter(s.encoding for s in {(s.chip, s.tile): s for s in prog.slices or []}.values())
     encodings = {e: {**layers[e], "tiles": tiles[e]} for e in sorted(layers)}
     return {**{k: v for k, v in rep.items() if k != "layers"}, "plan": prog.plan, "encodings": encodings,
-            "link_bytes": link_bytes(prog), "inputs": {t.name: list(t.shape or ()) for t in prog.inputs}}
+            "link_bytes": _link_bytes(prog), "inputs": {t.name: list(t.shape or ()) for t in prog.inputs}}
+
+
+def _link_bytes(prog: Program) -> dict[str, int]:
+    """anac.core.dataflow.link_bytes, summed from the schedule's transfers when there is a schedule."""
+    if not prog.schedule or "timeline" not in prog.schedule:
+        return link_bytes(prog)
+    moved = [t for t in prog.schedule["timeline"] if t["kind"] == "transfer"]
+    host = sum(t["bytes"] for t in moved if "host" in (t["src"], t["dst"]))
+    total = sum(t["bytes"] for t in moved)
+    return {"chip_to_chip": total - host, "host_links": host, "total": total}

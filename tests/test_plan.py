@@ -96,6 +96,7 @@ def test_decoder_chips_match_a_count_from_the_shapes(decoder2: Path, encoding: s
     # Every layer's inputs come from the host (norms, attention and SiLU run there) and every output returns to it
     # (partial sums are added on the host): one 8-bit token vector each way per chip a layer occupies.
     links = rep["link_bytes"]
+    assert links == link_bytes(prog)
     assert links["chip_to_chip"] == 0 and links["host_links"] == links["total"] > 0
     assert rep["schedule"]["latency_ns"] > 0 and rep["energy"]["total_pj"] > 0
 
