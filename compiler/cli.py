@@ -306,9 +306,11 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
     except OSError as e:
         raise ArtifactError(f"cannot write the report: {e}") from None
     if as_json:
-        _json_out(placement_table(prog))
-    else:
-        click.echo(render_text(prog))
+        _json_out({**placement_table(prog), **({"plan": prog.plan} if prog.plan is not None else {})})
+        return
+    if prog.plan is not None:
+        click.echo(f"a plan (anac plan): weights {prog.plan['weights']}; encodings: {prog.plan['encodings']}")
+    click.echo(render_text(prog))
 
 
 @main.command("verify")
