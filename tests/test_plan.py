@@ -170,6 +170,19 @@ def test_weights_folded_through_a_transpose_stay_placeholders(tmp_path: Path, rn
     assert summary(prog) == summary(compile_model(path))
 
 
+@pytest.mark.parametrize("op, gates", [("LSTM", 4), ("GRU", 3)])
+def test_recurrent_weights_stay_placeholders(tmp_path: Path, rng: np.random.Generator, op: str, gates: int) -> None:
+    hidden, inputs = 96, 80  # W and R of more than 4096 values each: placeholders in a plan
+    model = make_model([node(op, ["x", "W", "R"], ["y"], hidden_size=hidden)], [tensor("x", [5, 1, inputs])],
+                       [tensor("y", [5, 1, 1, hidden])],
+                       [const("W", weights(rng, 1, gates * hidden, inputs)),
+                        const("R", weights(rng, 1, gates * hidden, hidden))])
+    path = save(model, tmp_path)
+    prog = plan_model(path)
+    assert all(is_placeholder(m.weights) for m in prog.matrices.values())
+    assert summary(prog) == summary(compile_model(path))
+
+
 def test_zero_rows_are_kept_by_a_plan_and_removed_by_compile(tmp_path: Path, rng: np.random.Generator) -> None:
     w = weights(rng, 5000, 8)
     w[600:] = 0
