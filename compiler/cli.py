@@ -93,59 +93,84 @@ def main() -> None:
     """anac: compile ONNX models to analog in-memory-computing chips (PCM crossbars)."""
 
 
-@main.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(), default=None, help="Program directory (default MODEL.anac).")
-@_hw_option
-@_shape_option
-@click.option("--batch", type=click.IntRange(min=1), default=None,
-              help="Bind the inputs' symbolic leading (batch) dim to this value (default 1).")
-@click.option("--encoding", default=None, metavar="ENC|LAYER=ENC,...",
-              help="Weight encoding for every layer, or per layer (e.g. 4-PCM,fc0=2-PCM); default: the hardware's.")
-@click.option("--scale", type=click.Choice(["tile", "column"]), default=None,
-              help="Conductance scale per tile (slice) or per output column.")
-@click.option("--clip-sigma", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
-              help="Clip weights beyond this many standard deviations before mapping to conductances.")
-@click.option("--split-strategy", type=click.Choice(["fill", "even"]), default=None, help="How matrices are cut.")
-@click.option("--prune-inputs", "prune", default=None, metavar="auto|LAYER=ROWS,...",
-              help="Keep a layer's most important input rows (auto: the first layer to one tile's rows).")
-@click.option("--chips", type=click.IntRange(min=1, max=MAX_CHIPS), default=None,
-              help="Chip budget: choose encodings per layer to fit it, and fail if the model cannot.")
-@click.option("--tiles", type=click.IntRange(min=1, max=MAX_TILES), default=None,
-              help="Tile budget for the encoding choice.")
-@click.option("--pcm-per-weight", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
-              help="Average PCM devices per weight allowed (e.g. 3.0).")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
-              help="CP-SAT time limit in seconds for the encoding choice (default 10).")
-@click.option("--max-chips", type=click.IntRange(min=1, max=MAX_CHIPS), default=None,
-              help="Fail if the model needs more chips.")
-@_calibration_option
-@click.option("--dump-dir", type=click.Path(file_okay=False), default=None, help="Write what each pass produced.")
-@_json_option
-@_command
-def compile_cmd(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...],
-                batch: int | None, encoding: str | None, scale: str | None, clip_sigma: float | None,
-                split_strategy: str | None, prune: str | None, chips: int | None, tiles: int | None,
-                pcm_per_weight: float | None, time_limit: float | None, max_chips: int | None,
-                calibration_data: str | None,
-                dump_dir: str | None, as_json: bool) -> None:
-    """Compile MODEL (.onnx) into a program directory."""
+def _mapping_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of how a model maps to the hardware, shared by compile and plan."""
+    options = [
+        _hw_option, _shape_option,
+        click.option("--batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
+                     help="Bind the inputs' symbolic leading (batch) dim to this value (default 1)."),
+        click.option("--encoding", default=None, metavar="ENC|LAYER=ENC,...",
+                     help="Weight encoding for every layer, or per layer (e.g. 4-PCM,fc0=2-PCM); default: the "
+                          "hardware's."),
+        click.option("--split-strategy", type=click.Choice(["fill", "even"]), default=None,
+                     help="How matrices are cut."),
+        click.option("--prune-inputs", "prune", default=None, metavar="auto|LAYER=ROWS,...",
+                     help="Keep a layer's most important input rows (auto: the first layer to one tile's rows)."),
+        click.option("--chips", type=click.IntRange(min=1, max=MAX_CHIPS), default=None,
+                     help="Chip budget: choose encodings per layer to fit it, and fail if the model cannot."),
+        click.option("--tiles", type=click.IntRange(min=1, max=MAX_TILES), default=None,
+                     help="Tile budget for the encoding choice."),
+        click.option("--pcm-per-weight", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
+                     help="Average PCM devices per weight allowed (e.g. 3.0)."),
+        click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
+                     help="CP-SAT time limit in seconds for the encoding choice (default 10)."),
+        click.option("--max-chips", type=click.IntRange(min=1, max=MAX_CHIPS), default=None,
+                     help="Fail if the model needs more chips."),
+        click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
+                     help="Write what each pass produced."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _budgeted_spec(hardware: str | None, chips: int | None, max_chips: int | None) -> Any:
+    """The hardware spec with its chip limit lowered to --max-chips or --chips."""
     from dataclasses import replace
 
-    from anac.api import compile_to, load_inputs, summary
     from anac.core.hardware import load_hardware
 
     spec = load_hardware(hardware)
     limit = min(c for c in (max_chips, chips, spec.max_chips) if c is not None) \
         if any(c is not None for c in (max_chips, chips)) else None
-    if limit is not None:
-        spec = replace(spec, max_chips=limit).validate()
+    return replace(spec, max_chips=limit).validate() if limit is not None else spec
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Program directory (default MODEL.anac; with --plan-only MODEL.plan.anac).")
+@_mapping_options
+@click.option("--scale", type=click.Choice(["tile", "column"]), default=None,
+              help="Conductance scale per tile (slice) or per output column.")
+@click.option("--clip-sigma", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
+              help="Clip weights beyond this many standard deviations before mapping to conductances.")
+@_calibration_option
+@click.option("--plan-only", is_flag=True,
+              help="Plan without reading the weights (as `anac plan`): tiles, chips, placement, links, estimates.")
+@_json_option
+@_command
+def compile_cmd(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...],
+                batch: int | None, encoding: str | None, split_strategy: str | None, prune: str | None,
+                chips: int | None, tiles: int | None, pcm_per_weight: float | None, time_limit: float | None,
+                max_chips: int | None, dump_dir: str | None, scale: str | None, clip_sigma: float | None,
+                calibration_data: str | None, plan_only: bool, as_json: bool) -> None:
+    """Compile MODEL (.onnx) into a program directory."""
+    from anac.api import compile_to, load_inputs, summary
+
+    options = {"encoding": encoding, "strategy": split_strategy, "scale": scale, "clip_sigma": clip_sigma,
+               "prune": prune, "chips": chips, "tiles": tiles, "pcm_per_weight": pcm_per_weight,
+               "time_limit_s": time_limit}
+    if plan_only:
+        if calibration_data:
+            raise click.UsageError("--calibration-data calibrates the weights' I/O ranges; --plan-only reads no "
+                                   "weights and takes no data")
+        _plan(model, output, hardware, input_shape, batch, options, max_chips, dump_dir, as_json)
+        return
+    spec = _budgeted_spec(hardware, chips, max_chips)
     calib = load_inputs(calibration_data) if calibration_data else None
     prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape), batch=batch,
-                           options={"encoding": encoding, "strategy": split_strategy, "scale": scale,
-                                    "clip_sigma": clip_sigma, "prune": prune, "chips": chips, "tiles": tiles,
-                                    "pcm_per_weight": pcm_per_weight, "time_limit_s": time_limit},
-                           dump_dir=dump_dir, calibration_data=calib)
+                           options=options, dump_dir=dump_dir, calibration_data=calib)
     s = summary(prog)
     if as_json:
         _json_out({**s, "output": str(out)})
@@ -154,6 +179,59 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
     click.echo(f"  {s['analog_nodes']} analog nodes, {s['weights']:,} weights in {s['slices']} slices on "
                f"{s['tiles']} tiles of {s['chips']} chip(s); {s['pcm_devices']:,} PCM devices "
                f"({s['pcm_per_weight']} per weight); {s['host_stages']} host stage(s)")
+
+
+@main.command("plan")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(), default=None, help="Plan directory (default MODEL.plan.anac).")
+@_mapping_options
+@_json_option
+@_command
+def plan_cmd(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...], batch: int | None,
+             encoding: str | None, split_strategy: str | None, prune: str | None, chips: int | None,
+             tiles: int | None, pcm_per_weight: float | None, time_limit: float | None, max_chips: int | None,
+             dump_dir: str | None, as_json: bool) -> None:
+    """Plan MODEL (.onnx) from its graph and shapes, reading no weights: what compile would place, and where.
+
+    Writes a plan directory (no weights.npz) that `anac inspect` reads; it cannot be simulated or verified.
+    """
+    _plan(model, output, hardware, input_shape, batch,
+          {"encoding": encoding, "strategy": split_strategy, "prune": prune, "chips": chips, "tiles": tiles,
+           "pcm_per_weight": pcm_per_weight, "time_limit_s": time_limit}, max_chips, dump_dir, as_json)
+
+
+def _plan(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...], batch: int | None,
+          options: dict[str, Any], max_chips: int | None, dump_dir: str | None, as_json: bool) -> None:
+    from anac.plan import plan_report, plan_to
+
+    spec = _budgeted_spec(hardware, options.get("chips"), max_chips)
+    prog, out = plan_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape), batch=batch,
+                        options=options, dump_dir=dump_dir)
+    rep = plan_report(prog, json.loads((out / "report.json").read_text()))  # as written, not made again
+    if as_json:
+        _json_out({**rep, "output": str(out)})
+        return
+    sched, energy, links, place = rep["schedule"], rep["energy"] or {}, rep["link_bytes"], rep["placement"]
+    shapes = ", ".join(f"{k} {v}" for k, v in rep["inputs"].items())
+    click.echo(f"wrote {out}: a plan, made without reading the weights (`anac inspect {out}` shows it)")
+    click.echo(f"  inputs: {shapes}")
+    click.echo(f"  {rep['analog_nodes']} analog nodes, {rep['weights']:,} weights in {rep['slices']:,} slices on "
+               f"{rep['tiles']:,} tiles of {rep['chips']:,} chip(s) ({spec.tiles_per_chip} tiles each); "
+               f"{rep['pcm_devices']:,} PCM devices ({rep['pcm_per_weight']} per weight); "
+               f"{rep['host_stages']} host stage(s)")
+    for enc, e in rep["encodings"].items():
+        click.echo(f"  {enc}: {e['layers']} layer(s), {e['weights']:,} weights, {e['tiles']:,} tiles")
+    click.echo(f"  encodings: {rep['plan']['encodings']}")
+    click.echo(f"  rows: {rep['plan']['rows']}")
+    click.echo(f"  placement: {place.get('method')}, {place.get('status')}; {place.get('tiles'):,} tiles "
+               f"(lower bound {place.get('lower_bound_tiles'):,})")
+    click.echo(f"  bytes on links per inference: {links['chip_to_chip']:,} chip to chip, {links['host_links']:,} "
+               f"between chips and the host, {links['total']:,} in all")
+    click.echo(f"  latency {sched.get('latency_ns', 0) / 1e3:,.1f} us ({sched.get('status')}), throughput "
+               f"{sched.get('throughput_per_s')} inferences/s (bottleneck: {sched.get('bottleneck')})")
+    if energy:
+        click.echo(f"  energy {energy['total_pj'] / 1e6:,.3f} uJ per inference ({energy['host_share']:.1%} on the "
+                   f"host); {energy['chip_tops_per_w']} TOPS/W on chip, {energy['system_tops_per_w']} system")
 
 
 @main.command("check")
@@ -205,7 +283,7 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
     from anac.htmlreport import accuracy_svg, write_html, write_svgs
     from anac.views import placement_table, render_text
 
-    prog = load_program(program)
+    prog = load_program(program, plan_ok=True)  # a plan (anac plan) has no weights, and needs none here
     verify = None
     if verify_json:
         try:
@@ -228,9 +306,11 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
     except OSError as e:
         raise ArtifactError(f"cannot write the report: {e}") from None
     if as_json:
-        _json_out(placement_table(prog))
-    else:
-        click.echo(render_text(prog))
+        _json_out({**placement_table(prog), **({"plan": prog.plan} if prog.plan is not None else {})})
+        return
+    if prog.plan is not None:
+        click.echo(f"a plan (anac plan): weights {prog.plan['weights']}; encodings: {prog.plan['encodings']}")
+    click.echo(render_text(prog))
 
 
 @main.command("verify")

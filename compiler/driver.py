@@ -87,24 +87,55 @@ def compile_model(
 
     A symbolic leading (batch) dim of an input is bound to ``batch`` (default 1).
     """
-    say = progress or log.info
-    spec = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
     options = dict(options or {})
     passes = configure(options, pipeline)
     check_pipeline(passes)
+    prog = import_program(model, hardware=hardware, input_shapes=input_shapes, batch=batch, options=options,
+                          progress=progress)
+    run_passes(prog, passes, dump_dir=dump_dir, progress=progress)
+    return prog
+
+
+def import_program(
+    model: str | Path | onnx.ModelProto,
+    *,
+    hardware: HardwareSpec | str | Path | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    batch: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    weights: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Program:
+    """The frontend: load and import the model into a Program no pass has run on.
+
+    Without ``weights`` the model's weight values are not read (anac.core.frontend),
+    and the Program is marked as a plan.
+    """
+    say = progress or log.info
+    spec = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
+    options = dict(options or {})
     t0 = time.perf_counter()
-    proto = load_onnx(model)
-    graph = import_model(proto, input_shapes, batch=batch)
-    digest = model_digest(proto)
+    proto = load_onnx(model, weights=weights)
+    graph = import_model(proto, input_shapes, batch=batch, weights=weights)
+    digest = model_digest(proto) if weights else None  # a digest of the weights needs their bytes
     del proto
     check_supported(graph)
     frontend_s = time.perf_counter() - t0
-    say(f"frontend: {len(graph.nodes)} nodes, {graph.weight_count:,} constant values ({frontend_s:.2f} s)")
+    what = "constant values" if weights else "constant values (shapes only, no weights read)"
+    say(f"frontend: {len(graph.nodes)} nodes, {graph.weight_count:,} {what} ({frontend_s:.2f} s)")
     prog = Program(graph, spec, list(graph.inputs), list(graph.outputs),
                    options={k: v for k, v in sorted(options.items())
                             if v is not None and k not in MEASURED_OPTIONS and _plain(v)},
-                   model_digest=digest)
+                   model_digest=digest, plan=None if weights else {})
     prog.timings["frontend"] = frontend_s
+    return prog
+
+
+def run_passes(prog: Program, passes: Sequence[Pass], *, dump_dir: str | Path | None = None,
+               progress: Callable[[str], None] | None = None) -> Program:
+    """Run ``passes`` on ``prog`` in order, checking, timing and (with ``dump_dir``) dumping after each."""
+    say = progress or log.info
+    position = {q.name: j for j, q in enumerate(PIPELINE)}  # dumps are numbered by place in the pipeline
     for i, p in enumerate(passes):
         t = time.perf_counter()
         try:
@@ -117,7 +148,7 @@ def compile_model(
         prog.timings[p.name] = time.perf_counter() - t
         say(f"pass {p.name}: {prog.timings[p.name]:.2f} s")
         if dump_dir is not None:
-            _dump(prog, Path(dump_dir), i, p.name)
+            _dump(prog, Path(dump_dir), position.get(p.name, i), p.name)
     return prog
 
 

@@ -19,6 +19,7 @@ import onnx
 from anac.core.errors import ShapeError
 from anac.core.ir import Graph, Node, node_reads
 from anac.core.lowering import lower
+from anac.core.placeholder import tensor_proto
 from anac.core.program import MVM, Matrix, Program, Stage
 from anac.core.recurrent import RECURRENT_OPS, Recurrent, absorbable_embedding, lower_recurrent
 
@@ -205,7 +206,7 @@ def _host_model(graph: Graph, stage: Stage, nodes: list[Node], consts: list[str]
                              f"check that the model passes onnx shape inference")
         return t.to_onnx()
 
-    inits = [onnx.numpy_helper.from_array(graph.constants[c], c) for c in consts]
+    inits = [tensor_proto(graph.constants[c], c) for c in consts]  # a plan's placeholders stay headers
     g = onnx.helper.make_graph([n.to_onnx() for n in nodes], stage.name,
                                [info(t) for t in stage.inputs], [info(t) for t in stage.outputs], inits)
     opsets = [onnx.helper.make_opsetid(d, v) for d, v in sorted(graph.opset.items())]

@@ -8,7 +8,9 @@ the API passes it (``row_scale``). "auto" prunes the first crossbar layer to
 the rows of one tile of the encoding with the most rows per tile (2-PCM on
 the IBM chip: 1024) when that saves tiles, and gives that layer that encoding,
 as the paper did for its keyword-spotting network (1960 inputs -> 1024).
-The compiled program gathers the kept inputs before the MVM.
+The compiled program gathers the kept inputs before the MVM. A plan (no
+weight values) keeps every row, or the first ROWS of a pruned layer: the
+count is what a plan needs; which rows, compile decides from the weights.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 from anac.core.errors import AnacError
+from anac.core.placeholder import is_placeholder, placeholder
 from anac.core.program import Matrix, Program
 
 
@@ -44,12 +47,13 @@ class PruneInputs:
             for mid in mvm.matrices:
                 m = prog.matrices[mid]  # type: ignore[index]
                 before = m.shape[0]
-                keep = np.flatnonzero(np.any(m.weights != 0, axis=1))
+                # A plan has no weight values: it cannot see zero rows, and keeps them all.
+                keep = np.arange(before) if prog.plan is not None else np.flatnonzero(np.any(m.weights != 0, axis=1))
                 if mvm.node in requests:
                     rows = requests[mvm.node]
                     if rows <= 0:
                         raise AnacError(f"--prune-inputs {mvm.node}={rows}: keep at least one row")
-                    keep = self._most_important(m, keep, rows, mvm.node)
+                    keep = keep[:rows] if prog.plan is not None else self._most_important(m, keep, rows, mvm.node)
                 if len(keep) == 0:
                     keep = np.array([0])  # an all-zero matrix still needs one row to exist
                 if len(keep) < before:
@@ -90,7 +94,8 @@ class PruneInputs:
 def _keep_rows(m: Matrix, keep: np.ndarray) -> None:
     base = m.kept_rows if m.kept_rows is not None else np.arange(m.shape[0])
     m.kept_rows = base[keep].astype(np.int64)
-    m.weights = np.ascontiguousarray(m.weights[keep])
+    m.weights = placeholder((len(keep), m.shape[1]), m.weights.dtype) if is_placeholder(m.weights) \
+        else np.ascontiguousarray(m.weights[keep])
 
 
 def _auto(prog: Program) -> dict[str, int]:

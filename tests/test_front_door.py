@@ -26,7 +26,8 @@ ROOT = Path(__file__).parents[1]
 MODELS = ROOT / "models"
 DIGITS = MODELS / "digits_mlp.onnx"
 # The front: what drives the passes and backends. Everything else under compiler/ is the core.
-FRONT = {"anac.driver", "anac.api", "anac.session", "anac.backend", "anac.cli", "anac.htmlreport", "anac.views"}
+FRONT = {"anac.driver", "anac.api", "anac.plan", "anac.session", "anac.backend", "anac.cli", "anac.htmlreport",
+         "anac.views"}
 
 
 def run(*args: object) -> tuple[int, str, str]:

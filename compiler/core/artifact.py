@@ -6,6 +6,8 @@ weights, its target conductances (float16, D x r x c) and per-column
 conductance scales; per MVM its digital bias; plain .npy members, never
 pickled),
 ``host/<stage>.onnx`` and ``report.json`` (summary figures and pass timings).
+A plan (``anac plan``) has program.json (with a ``plan`` field) and
+report.json only.
 program.json and weights.npz are byte-identical for the same model and
 options. The directory is written under a temporary name and renamed, so a
 crash never leaves half a program.
@@ -31,6 +33,7 @@ from anac.core.errors import ArtifactError
 from anac.core.estimates import energy
 from anac.core.hardware import HardwareSpec
 from anac.core.ir import Graph, TensorInfo
+from anac.core.placeholder import placeholder
 from anac.core.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
 from anac.core.recurrent import Cell, Recurrent
 
@@ -71,6 +74,7 @@ def program_json(prog: Program) -> dict[str, Any]:
         "tensor_elements": prog.tensor_elements,
         "recurrent": [r.to_json() for r in prog.recurrent.values()],
         "schedule": _untimed(prog.schedule),
+        **({"plan": prog.plan} if prog.plan is not None else {}),
     }
 
 
@@ -206,6 +210,8 @@ def _write(prog: Program, where: Path) -> None:
     (where / "host").mkdir()
     (where / "program.json").write_text(json.dumps(program_json(prog), indent=1, sort_keys=True) + "\n")
     (where / "report.json").write_text(json.dumps(report_json(prog), indent=1, sort_keys=True) + "\n")
+    if prog.plan is not None:  # a plan has no weights: no weights.npz, no host stages (they would hold weights)
+        return
     arrays: list[tuple[str, np.ndarray]] = []
     for s in prog.slices or []:
         w = prog.matrices[s.matrix].weights  # type: ignore[index]
@@ -232,14 +238,15 @@ def _write(prog: Program, where: Path) -> None:
                 (where / "host" / f"cell{i}_d{d}_{k}.onnx").write_bytes(model.SerializeToString(deterministic=True))
 
 
-def _load_recurrent(path: Path, i: int, r: dict[str, Any], arrays: dict[str, np.ndarray]) -> Recurrent:
+def _load_recurrent(path: Path, i: int, r: dict[str, Any], arrays: dict[str, np.ndarray],
+                    plan: bool = False) -> Recurrent:
     cells = []
     for d, steps in enumerate(r["cells"]):
         n_models = sum(1 for s in steps if s[0] == "host")
-        models = [onnx.load(str(_inside(path, f"host/cell{i}_d{d}_{k}.onnx", f"recurrent[{i}].cells[{d}]")))
-                  for k in range(n_models)]
+        models = [] if plan else [onnx.load(str(_inside(path, f"host/cell{i}_d{d}_{k}.onnx",
+                                                        f"recurrent[{i}].cells[{d}]"))) for k in range(n_models)]
         cells.append(Cell([tuple(s) for s in steps], models))
-    constants = {name: arrays[f"cell{i}_const{j}"] for j, name in enumerate(r["constants"])}
+    constants = {} if plan else {name: arrays[f"cell{i}_const{j}"] for j, name in enumerate(r["constants"])}
     return Recurrent(r["node"], r["op_type"], r["hidden"], r["layout"], r["directions"], r["x"], r["sequence_lens"],
                      r["initial_h"], r["initial_c"], r["outputs"], cells, constants, r["absorbed"])
 
@@ -253,9 +260,12 @@ def _write_npz(path: Path, arrays: list[tuple[str, np.ndarray]]) -> None:
                 np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
-def load_program(path: str | Path) -> Program:
+def load_program(path: str | Path, *, plan_ok: bool = False) -> Program:
     """Read a program directory written by ``save_program``.
 
+    A plan (written by ``anac plan``: no weights) is read only with ``plan_ok``
+    (what ``anac inspect`` does), its matrices as placeholders and its host stages
+    without models; anything that would run it gets an ArtifactError saying so.
     Nothing in it is trusted: every file that program.json names must lie inside the directory, a missing or
     mistyped field is an ArtifactError naming it, and each weights.npz member's header (dtype, shape) is checked
     before its data is read.
@@ -273,6 +283,10 @@ def load_program(path: str | Path) -> Program:
     if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
         raise ArtifactError(f"{pj} is format {data.get('format')!r} version {data.get('version')!r}; "
                             f"this anac reads {FORMAT_NAME!r} version {FORMAT_VERSION}")
+    if data.get("plan") is not None and not plan_ok:
+        raise ArtifactError(f"{path} is a plan, made by `anac plan` from the model's shapes without its weights: "
+                            f"`anac inspect` reads it, but it cannot be simulated or verified; compile the model "
+                            f"with `anac compile` for a program that runs")
     where = ["program.json"]
     try:
         return _decode(path, data, where)
@@ -348,21 +362,25 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
         where[0] = f"slices[{i}]"
         slices.append(Slice.from_json(s))
     expected = {f"slice_{s.id}": (s.rows[1] - s.rows[0], s.cols[1] - s.cols[0]) for s in slices}
-    where[0] = "weights.npz"
-    npz = _inside(path, "weights.npz", "weights.npz")
-    try:
-        arrays = _read_npz(npz, expected)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ArtifactError(f"{npz} is unreadable: {e}") from None
+    plan = data.get("plan")
+    arrays: dict[str, np.ndarray] = {}
+    if plan is None:
+        where[0] = "weights.npz"
+        npz = _inside(path, "weights.npz", "weights.npz")
+        try:
+            arrays = _read_npz(npz, expected)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ArtifactError(f"{npz} is unreadable: {e}") from None
     matrices = {}
     where[0] = "matrices"
     for i, m in enumerate(data["matrices"]):
         where[0] = f"matrices[{i}]"
-        w = np.zeros(tuple(m["shape"]), dtype=np.float32)
-        kept = arrays[f"kept_rows_{i}"] if m["pruned"] else None
+        shape = tuple(int(d) for d in m["shape"])
+        w = placeholder(shape, np.float32) if plan is not None else np.zeros(shape, dtype=np.float32)
+        kept = arrays[f"kept_rows_{i}"] if m["pruned"] and plan is None else None
         matrices[m["id"]] = Matrix(m["id"], m["node"], m["group"], w, m["encoding"], m["per_column"],
                                    m["clip_sigma"], kept, m["input_rows"])
-    for i, s in enumerate(slices):
+    for i, s in enumerate(slices if plan is None else []):
         where[0] = f"slices[{i}]"
         matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]] = arrays[f"slice_{s.id}"]
         prog._targets[s.id] = (arrays[f"conductance_{s.id}"], arrays[f"scale_{s.id}"])
@@ -379,7 +397,7 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
     for i, s in enumerate(data["stages"]):
         where[0] = f"stages[{i}]"
         st = Stage(s["name"], s["kind"], s["inputs"], s["outputs"], s["nodes"])
-        if st.kind == "host":
+        if st.kind == "host" and plan is None:
             model = _inside(path, s["model"], f"stages[{i}].model")
             try:
                 st.model = onnx.load(str(model))
@@ -394,10 +412,11 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
     where[0] = "recurrent"
     for i, r in enumerate(data["recurrent"]):
         where[0] = f"recurrent[{i}]"
-        prog.recurrent[r["node"]] = _load_recurrent(path, i, r, arrays)
+        prog.recurrent[r["node"]] = _load_recurrent(path, i, r, arrays, plan is not None)
     where[0] = "placement"
     prog.chips_used = data["placement"]["chips"]
     prog.placement_info = {k: v for k, v in data["placement"].items() if k != "chips"}
+    prog.plan = plan
     prog.produced.update({"partition", "pruning", "encodings", "slices", "placement", "schedule"})
     where[0] = "program.json (consistency)"
     prog.verify()

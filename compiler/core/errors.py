@@ -18,6 +18,10 @@ class ModelLoadError(AnacError):
     """The model file is missing, truncated, or not ONNX."""
 
 
+class InsufficientMemoryError(ModelLoadError):
+    """The model's weights would not fit in the memory available to compile it."""
+
+
 class UnsupportedModelError(AnacError):
     """Some nodes can neither be mapped to crossbars nor run on the host."""
 

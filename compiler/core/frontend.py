@@ -5,11 +5,20 @@ produces: a ``Graph`` whose weights are numpy constants (Constant,
 ConstantOfShape and Shape-derived subgraphs folded), every node named and
 shape-inferred, dead nodes removed, and every node either crossbar-mappable
 or runnable by onnxruntime; otherwise one error lists all offending nodes.
+
+Without weights (``weights=False``, what ``anac plan`` uses) no weight value
+is read: every tensor of more than ``_SMALL_CONSTANT`` elements, and every
+external tensor that is not a small integer tensor, becomes a shape-only
+placeholder (anac.core.placeholder); a model's external data is never read
+beyond the small integer tensors, which may set shapes (Reshape, Expand,
+Slice arguments). With weights, a model whose weights do not fit in the
+available memory is refused before they are read.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -17,9 +26,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.version_converter
-from anac.core.errors import InvalidWeightsError, ModelLoadError, ShapeError, UnsupportedModelError
+from anac.core.errors import (
+    InsufficientMemoryError,
+    InvalidWeightsError,
+    ModelLoadError,
+    ShapeError,
+    UnsupportedModelError,
+)
 from anac.core.ir import Dim, Graph, Node, TensorInfo, node_reads
 from anac.core.lowering import ANALOG_OPS, lower
+from anac.core.placeholder import is_placeholder, placeholder
 from anac.core.recurrent import RECURRENT_OPS, lower_recurrent
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
@@ -34,11 +50,14 @@ _SMALL_CONSTANT = 4096
 _FOLD_ROUNDS = 4
 
 
-def load_onnx(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+def load_onnx(source: str | Path | onnx.ModelProto, *, weights: bool = True) -> onnx.ModelProto:
     """Read an ONNX file (or take a ModelProto) and check its structure; failures are ModelLoadErrors.
 
-    onnx.checker runs on files only, and its complaints are warnings: exporters
-    write models it rejects that onnxruntime runs.
+    With ``weights`` the external data is read, after checking that the weights
+    fit in memory (``check_memory``); without, only the small integer tensors of
+    the external data are (see the module docstring). onnx.checker runs on
+    files only, and its complaints are warnings: exporters write models it
+    rejects that onnxruntime runs.
     """
     if isinstance(source, onnx.ModelProto):
         model, where = source, "the model"
@@ -49,13 +68,19 @@ def load_onnx(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
             raise ModelLoadError(f"{path}: no such file")
         if path.is_dir():
             raise ModelLoadError(f"{path} is a directory, not an ONNX file")
+        if weights:  # the file's own bytes (embedded weights) are parsed by onnx.load: check them first
+            check_memory(path, path.stat().st_size, "its file")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except (DecodeError, ValueError, RuntimeWarning) as e:
             raise ModelLoadError(f"{path} is not a readable ONNX model (truncated or not ONNX): {e}") from None
         except OSError as e:
             raise ModelLoadError(f"cannot read {path}: {e}") from None
-        _load_external_data(model, path)
+        if weights:
+            check_memory(path, weight_bytes(model), "its weights")
+            _load_external_data(path, _external_tensors(model))
+        else:
+            _load_external_data(path, [t for t in _external_tensors(model) if _shape_like(t)])
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelLoadError(f"{where} holds no ONNX graph (truncated or not an ONNX file)")
     if model.ir_version <= 0:
@@ -63,7 +88,8 @@ def load_onnx(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         return model  # built or loaded in memory by the caller, who checks it if they wish
     try:
-        if model.ByteSize() < 2**31 - 1:
+        # Without weights the checker is not run: it opens external data files (from the current directory).
+        if weights and model.ByteSize() < 2**31 - 1:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         # Exporters write models the checker rejects yet onnxruntime runs (missing output
@@ -79,12 +105,19 @@ def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for t in _get_all_tensors(model) if uses_external_data(t)]
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Read the tensors ``model`` (loaded from ``path``) keeps in external files, each of which must be a
+def _shape_like(t: onnx.TensorProto) -> bool:
+    """An integer tensor small enough to be a shape argument: read even when weights are not."""
+    integer = t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    return integer and int(np.prod(t.dims, dtype=np.int64)) <= _SMALL_CONSTANT
+
+
+def _load_external_data(path: Path, tensors: list[onnx.TensorProto]) -> None:
+    """Read ``tensors`` of the model loaded from ``path``, kept in external files, each of which must be a
     relative path inside the model's directory that exists: a missing .onnx.data file (the exporter wrote
     model.onnx + model.onnx.data and only the .onnx was copied), an absolute or '../' location or a symlink out
     is a ModelLoadError naming the tensor, the file expected and where it was looked for."""
-    tensors = _external_tensors(model)
+    from onnx.external_data_helper import load_external_data_for_tensor
+
     if not tensors:
         return
     base = path.parent.resolve()
@@ -102,26 +135,118 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
                                  f"looked for at {looked}: no such file (copy it beside the .onnx file; "
                                  f"exporters write model.onnx and model.onnx.data together)")
     try:
-        onnx.load_external_data_for_model(model, str(base))
+        for t in tensors:
+            load_external_data_for_tensor(t, str(base))
     except (OSError, ValueError, onnx.checker.ValidationError) as e:
         raise ModelLoadError(f"cannot read the external data of {path} (in {base}): {e}") from None
 
 
+# Compile's peak memory over the weights' bytes: the bound issue 13 sets (benchmarks/bench_rnnt.py measures it).
+COMPILE_MEMORY_FACTOR = 2.5
+MEMORY_ENV = "ANAC_MEMORY_LIMIT"  # bytes (suffixes K, M, G, T: powers of 1024) anac may use, for tests and batch jobs
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the model's initializers, from their headers: dims x item size, or an external tensor's length."""
+    total = 0
+    for t in model.graph.initializer:
+        length = next((e.value for e in t.external_data if e.key == "length"), None)
+        if t.data_location == onnx.TensorProto.EXTERNAL and length is not None and length.isdigit():
+            total += int(length)
+        else:
+            total += _nbytes(t.data_type, t.dims)
+    total += sum(_nbytes(sp.values.data_type, sp.dims) for sp in model.graph.sparse_initializer)
+    return total
+
+
+def _nbytes(data_type: int, dims: Sequence[int]) -> int:
+    try:
+        size = onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        size = 1
+    return int(np.prod(dims, dtype=np.float64)) * size
+
+
+def available_memory() -> tuple[int, str]:
+    """Bytes of memory anac may use, and where that figure comes from.
+
+    ``ANAC_MEMORY_LIMIT`` when set; else the kernel's MemAvailable, lowered to the
+    room left under a cgroup (v2) memory limit when there is one.
+    """
+    env = os.environ.get(MEMORY_ENV)
+    if env is not None:
+        return _parse_bytes(env), f"{MEMORY_ENV}={env}"
+    avail, source = None, "MemAvailable"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        avail, source = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free pages"
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit.isdigit() and int(limit) - used < avail:
+            avail, source = max(0, int(limit) - used), "the cgroup's memory.max less memory.current"
+    except (OSError, ValueError):
+        pass
+    return avail, source
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[:len(t) - len(unit)])
+        if not value >= 0 or value == float("inf"):
+            raise ValueError
+    except ValueError:
+        raise ModelLoadError(f"{MEMORY_ENV}={text!r} is not a size in bytes (for example 512M or 16G)") from None
+    return int(value * units[unit])
+
+
+def check_memory(path: Path, nbytes: int, what: str) -> None:
+    """Refuse, before reading them, weights that would not fit: compile needs about COMPILE_MEMORY_FACTOR x
+    their bytes and ``available_memory()`` gives less (an InsufficientMemoryError with both figures)."""
+    need = int(COMPILE_MEMORY_FACTOR * nbytes)
+    avail, source = available_memory()
+    hint = "" if source.startswith(MEMORY_ENV) else f"; {MEMORY_ENV} overrides it"
+    if need > avail:
+        raise InsufficientMemoryError(
+            f"{path}: {what} take {_gib(nbytes)} and compiling peaks at about {COMPILE_MEMORY_FACTOR}x that, so it "
+            f"needs {_gib(need)}; {_gib(avail)} is available ({source}{hint}). Nothing was "
+            f"loaded. `anac plan {path}` reports the tiles, chips, encodings, placement, link traffic and "
+            f"estimates from the model's shapes without reading its weights")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB ({n:,} bytes)"
+
+
 def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 default_dim: int | None = None, batch: int | None = None) -> Graph:
+                 default_dim: int | None = None, batch: int | None = None, weights: bool = True) -> Graph:
     """Lower a loaded ModelProto to a Graph with bound shapes and folded constants.
 
     Symbolic input dims take their value from ``input_shapes`` (by input, and by
     dim name across inputs); a symbolic leading (batch) dim then takes ``batch``
     (default 1, said once on the log); any other dim takes ``default_dim`` when
-    given, else it is an error.
+    given, else it is an error. Without ``weights``, large and unloaded
+    tensors are placeholders, and so is what folds from them.
     """
     check_structure(model)
     model = _upgrade_opset(model)
     g = model.graph
     opset = _opsets(model)
-    constants = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    constants = {t.name: _constant(t, weights) for t in g.initializer}
     for sp in g.sparse_initializer:
+        if not weights and int(np.prod(sp.dims, dtype=np.int64)) > _SMALL_CONSTANT:
+            constants[sp.values.name] = placeholder(sp.dims, onnx.helper.tensor_dtype_to_np_dtype(
+                sp.values.data_type))
+            continue
         constants[sp.values.name] = numpy_helper.to_array(onnx.helper.make_tensor(  # densify
             sp.values.name, sp.values.data_type, list(sp.dims), _densify(sp)))
     inputs = [tensor_info(v) for v in g.input if v.name not in constants]
@@ -139,6 +264,15 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     _infer_shapes(graph)
     graph.outputs = [graph.value_info.get(t.name, t) if not t.is_static else t for t in graph.outputs]
     return graph
+
+
+def _constant(t: onnx.TensorProto, weights: bool) -> np.ndarray:
+    """The tensor's values; without ``weights``, a placeholder for a large or unloaded numeric tensor."""
+    unloaded = t.data_location == onnx.TensorProto.EXTERNAL
+    if not weights and t.data_type != onnx.TensorProto.STRING and \
+            (unloaded or int(np.prod(t.dims, dtype=np.int64)) > _SMALL_CONSTANT):
+        return placeholder(t.dims, onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    return numpy_helper.to_array(t)
 
 
 MAX_ELEMENTS = 2**32  # a tensor (input or weight) of more elements is a malformed model, not a real one
@@ -317,7 +451,7 @@ def _finite_constants(node: Node, graph: Graph) -> bool:
     """Whether every floating-point constant the node reads is finite."""
     for name in node.inputs:
         arr = graph.constants.get(name) if name else None
-        if arr is not None and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr is not None and arr.dtype.kind == "f" and not is_placeholder(arr) and not np.isfinite(arr).all():
             return False
     return True
 
@@ -532,6 +666,11 @@ def _try_fold(node: Node, graph: Graph) -> list[np.ndarray] | None:
     if not all(i in graph.constants for i in node.inputs if i):
         return None
     args = [graph.constants[i] if i else None for i in node.inputs]
+    if any(is_placeholder(a) for a in args):  # no values to compute with: a placeholder of the inferred shape
+        infos = [graph.value_info.get(o) for o in node.outputs if o]
+        if not infos or any(i is None or not i.is_static or not i.elem_type for i in infos):
+            return None
+        return [placeholder(i.shape, i.dtype) for i in infos]  # type: ignore[arg-type, union-attr]
     if node.op_type == "Constant" and "value" in node.attrs:
         return [numpy_helper.to_array(node.attrs["value"])]
     if node.op_type == "ConstantOfShape":

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from anac.core.errors import InvalidWeightsError
 from anac.core.ir import Graph, Node
+from anac.core.placeholder import is_placeholder
 from anac.core.program import MVM, Matrix
 
 ANALOG_OPS = ("Gemm", "MatMul", "Conv")
@@ -34,7 +35,9 @@ def lower(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
 
 
 def check_finite(node: Node, what: str, arr: np.ndarray) -> None:
-    """Raise InvalidWeightsError naming the node when ``arr`` holds NaN or Inf."""
+    """Raise InvalidWeightsError naming the node when ``arr`` holds NaN or Inf (a placeholder holds neither)."""
+    if is_placeholder(arr):
+        return
     bad = ~np.isfinite(arr)
     if bad.any():
         n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
@@ -93,7 +96,7 @@ def _lower_gemm(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
     mvm = MVM(node.name, node.op_type, "dense", x_name, node.outputs[0], [mid], bias=bias,
               alpha=float(node.attrs.get("alpha", 1.0)),
               params={"x_transpose": x_t, "y_transpose": y_t, "squeeze": False})
-    return mvm, [Matrix(mid, node.name, 0, np.ascontiguousarray(w, dtype=np.float32))]
+    return mvm, [Matrix(mid, node.name, 0, _matrix(w))]
 
 
 def _lower_matmul(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
@@ -122,7 +125,7 @@ def _lower_matmul(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
     y_t = x_t and not squeeze
     mvm = MVM(node.name, node.op_type, "dense", x_name, node.outputs[0], [node.name],
               params={"x_transpose": x_t, "y_transpose": y_t, "squeeze": squeeze})
-    return mvm, [Matrix(node.name, node.name, 0, np.ascontiguousarray(w, dtype=np.float32))]
+    return mvm, [Matrix(node.name, node.name, 0, _matrix(w))]
 
 
 def _lower_conv(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
@@ -162,11 +165,16 @@ def _lower_conv(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
         # (n_g, C_in/g, *k) -> (C_in/g * prod(k), n_g): rows ordered channel-major like im2col.
         wg = w[g * n_g:(g + 1) * n_g].reshape(n_g, -1).T
         mid = node.name if group == 1 else f"{node.name}#g{g}"
-        matrices.append(Matrix(mid, node.name, g, np.ascontiguousarray(wg, dtype=np.float32)))
+        matrices.append(Matrix(mid, node.name, g, _matrix(wg)))
     bias = None if b is None else b.astype(np.float32)
     mvm = MVM(node.name, node.op_type, "conv", x_name, node.outputs[0], [m.id for m in matrices],
               bias=bias, params=params)
     return mvm, matrices
+
+
+def _matrix(w: np.ndarray) -> np.ndarray:
+    """A crossbar matrix: C-contiguous float32, or a placeholder as it is (it has no values to lay out)."""
+    return w if is_placeholder(w) else np.ascontiguousarray(w, dtype=np.float32)
 
 
 def _str(v: object) -> str:

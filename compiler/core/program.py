@@ -155,6 +155,8 @@ class Program:
     calibration: dict[str, Any] | None = None  # how input/output ranges were set
     schedule: dict[str, Any] | None = None  # schedule_links: timeline, latency, throughput
     timings: dict[str, float] = field(default_factory=dict)
+    # Set by `anac plan`: the program was planned from shapes, without weight values; the rules it used.
+    plan: dict[str, Any] | None = None
     _targets: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def targets(self, s: Slice) -> tuple[np.ndarray, np.ndarray]:

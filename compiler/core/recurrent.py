@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from anac.core.ir import Graph, Node
 from anac.core.lowering import check_finite
+from anac.core.placeholder import is_placeholder, placeholder
 from anac.core.program import MVM, Matrix
 from onnx import TensorProto, helper, numpy_helper
 
@@ -131,11 +132,11 @@ def lower_recurrent(node: Node, graph: Graph, embedding: Node | None = None
         if node.op_type in ("LSTM", "RNN"):
             model = (_lstm_model if node.op_type == "LSTM" else _rnn_model)(node, bd, hidden, act, peep, d)
             if embedding is not None:  # x W^T comes from the premultiplied table; only R is on the crossbar
-                mvm, mat = _mvm(node, f"{prefix}/R", np.ascontiguousarray(rd.T), "h", "zh")
+                mvm, mat = _mvm(node, f"{prefix}/R", _rows(rd.T), "h", "zh")
                 steps = [("mvm", mvm.node, "h", "zh"), ("add", "z", ["x", "zh"]),
                          ("host", 0, ["z", "h", "c"], ["h_new", "c_new"])]
             else:
-                stacked = np.concatenate([wd.T, rd.T]).astype(np.float32)  # (I + H) x g*H
+                stacked = _rows(wd.T, rd.T)  # (I + H) x g*H
                 mvm, mat = _mvm(node, f"{prefix}/WR", stacked, "v", "z")
                 steps = [("concat", "v", ["x", "h"]), ("mvm", mvm.node, "v", "z"),
                          ("host", 0, ["z", "h", "c"], ["h_new", "c_new"])]
@@ -143,10 +144,10 @@ def lower_recurrent(node: Node, graph: Graph, embedding: Node | None = None
             mvms.append(mvm)
             mats.append(mat)
         else:
-            wz_r = np.concatenate([wd[:2 * hidden].T, rd[:2 * hidden].T]).astype(np.float32)
+            wz_r = _rows(wd[:2 * hidden].T, rd[:2 * hidden].T)
             m1, a1 = _mvm(node, f"{prefix}/WRzr", wz_r, "v", "zr")
-            m2, a2 = _mvm(node, f"{prefix}/Wh", np.ascontiguousarray(wd[2 * hidden:].T), "x", "xh")
-            m3, a3 = _mvm(node, f"{prefix}/Rh", np.ascontiguousarray(rd[2 * hidden:].T), "hr", "rh")
+            m2, a2 = _mvm(node, f"{prefix}/Wh", _rows(wd[2 * hidden:].T), "x", "xh")
+            m3, a3 = _mvm(node, f"{prefix}/Rh", _rows(rd[2 * hidden:].T), "hr", "rh")
             lbr = int(node.attrs.get("linear_before_reset", 0))
             first, second = _gru_models(node, bd, hidden, act, lbr)
             steps = [("concat", "v", ["x", "h"]), ("mvm", m1.node, "v", "zr"), ("mvm", m2.node, "x", "xh"),
@@ -162,9 +163,12 @@ def lower_recurrent(node: Node, graph: Graph, embedding: Node | None = None
         if name and name in graph.constants:
             rec.constants[name] = graph.constants[name]
     if embedding is not None:
-        table = graph.constants[embedding.inputs[0]].astype(np.float64)
+        table = graph.constants[embedding.inputs[0]]
+        table = table if is_placeholder(table) else table.astype(np.float64)
         for d in range(len(dirs)):
-            rec.constants[f"table_d{d}"] = (table @ w[d].T.astype(np.float64)).astype(np.float32)
+            planned = is_placeholder(table) or is_placeholder(w)
+            rec.constants[f"table_d{d}"] = placeholder((table.shape[0], w.shape[1]), np.float32) if planned \
+                else (table @ w[d].T.astype(np.float64)).astype(np.float32)
         rec.x = embedding.inputs[1]
         rec.absorbed = {"gather": embedding.name, "vocab": int(table.shape[0]), "input": int(table.shape[1]),
                         "rows_saved": int(table.shape[1])}
@@ -196,7 +200,15 @@ def _activation_params(acts: list[str], alphas: list[float], betas: list[float]
 def _mvm(node: Node, name: str, w: np.ndarray, x: str, y: str) -> tuple[MVM, Matrix]:
     mvm = MVM(name, node.op_type, "dense", f"{name}:{x}", f"{name}:{y}", [name],
               params={"x_transpose": False, "y_transpose": False, "squeeze": False, "recurrent": node.name})
-    return mvm, Matrix(name, name, 0, np.ascontiguousarray(w, dtype=np.float32))
+    return mvm, Matrix(name, name, 0, w)
+
+
+def _rows(*blocks: np.ndarray) -> np.ndarray:
+    """The blocks stacked row-wise as one C-contiguous float32 matrix; a placeholder when any block is one (a
+    plan: no values to copy)."""
+    if any(is_placeholder(b) for b in blocks):
+        return placeholder((sum(b.shape[0] for b in blocks), blocks[0].shape[1]), np.float32)
+    return np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
 
 
 class _Builder:
