@@ -147,14 +147,15 @@ MEMORY_ENV = "ANAC_MEMORY_LIMIT"  # bytes (suffixes K, M, G, T: powers of 1024) 
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the model's initializers, from their headers: dims x item size, or an external tensor's length."""
+    """Bytes of the model's initializers: an external tensor's length (or dims x item size) from its header, an
+    embedded one's bytes as held (a tensor whose data disagrees with its dims is refused later, by name)."""
     total = 0
     for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            total += t.ByteSize()
+            continue
         length = next((e.value for e in t.external_data if e.key == "length"), None)
-        if t.data_location == onnx.TensorProto.EXTERNAL and length is not None and length.isdigit():
-            total += int(length)
-        else:
-            total += _nbytes(t.data_type, t.dims)
+        total += int(length) if length is not None and length.isdigit() else _nbytes(t.data_type, t.dims)
     total += sum(_nbytes(sp.values.data_type, sp.dims) for sp in model.graph.sparse_initializer)
     return total
 
