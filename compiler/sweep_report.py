@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 _COLORS = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#475569")
-_W, _H, _L, _R, _T, _B = 640, 320, 56, 190, 28, 44
+_W, _H, _L, _R, _T, _B = 720, 320, 56, 250, 28, 44
 
 
 def _series_name(key: tuple[str, str, bool]) -> str:
