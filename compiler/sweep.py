@@ -11,6 +11,7 @@ written from the cell files at the end. A cell's seed comes from the grid, never
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -19,6 +20,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import zipfile
 from collections import OrderedDict
@@ -615,7 +617,16 @@ class _Pool:
 
 
 def _quiet_worker() -> None:
+    """Pool worker start: warnings only, and exit when the sweep that started it is gone (kill -9 included)."""
     logging.getLogger().setLevel(logging.WARNING)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 class _Ray:
@@ -775,18 +786,41 @@ def run_sweep(grid: Grid | str | Path, out: str | Path, *, workers: int | None =
     skipped = len(cells) - len(todo)
     log.info("sweep: %d cells (%d builds x %d instances), %d already done in %s", len(cells), len(builds),
              grid.repeats, skipped, out)
+    ex: Any = None
     if todo:
-        ex: Any = _Ray(address, workers) if (use_ray or address) else \
+        ex = _Ray(address, workers) if (use_ray or address) else \
             _Serial() if (workers or os.cpu_count() or 1) == 1 else _Pool(workers or os.cpu_count() or 1, prog_dir)
-        used = ex.workers
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        prog_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            _drive(ex, todo, data, prog_dir, cell_dir, rows, len(cells), skipped)
-        finally:
+    try:
+        with _locked(out):
+            if ex is not None:
+                _drive(ex, todo, data, prog_dir, cell_dir, rows, len(cells), skipped)
+            return _finish(grid, cells, rows, out, skipped, time.perf_counter() - t_start, ex.workers if ex else 0)
+    finally:
+        if ex is not None:
             ex.close()
-    else:
-        used = 0
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold DIR/.lock for the sweep (one sweep per directory); clear what writes killed mid-way left behind."""
+    import fcntl
+
+    for sub in ("cells", "programs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SweepError(f"another sweep is running in {out}; wait for it or give another -o") from None
+        for sub in ("cells", "programs"):
+            for p in (out / sub).glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+        yield
+
+
+def _finish(grid: Grid, cells: list[Cell], rows: Mapping[str, list[dict[str, Any]]], out: Path, skipped: int,
+            elapsed: float, workers: int) -> SweepResult:
+    """Write results.csv and report.html from the cells, in grid order."""
     table = [r for c in cells for r in rows[c.key]]
     results = out / "results.csv"
     buf = io.StringIO()
@@ -796,7 +830,7 @@ def run_sweep(grid: Grid | str | Path, out: str | Path, *, workers: int | None =
     _write_atomic(results, buf.getvalue().encode())
     report = out / "report.html"
     _write_atomic(report, render_report(table, title=f"anac sweep: {grid.path.name}").encode("utf-8"))
-    return SweepResult(table, len(cells), skipped, results, report, time.perf_counter() - t_start, used)
+    return SweepResult(table, len(cells), skipped, results, report, elapsed, workers)
 
 
 def _drive(ex: Any, todo: list[Cell], data: Mapping[ModelEntry, ModelData], prog_dir: Path, cell_dir: Path,

@@ -185,3 +185,14 @@ def test_unreachable_ray_address(tmp_path: Path) -> None:
     assert_clean_error(code, err, f"cannot reach Ray at ray://127.0.0.1:{port}")
     assert time.monotonic() - t0 < 60
     assert not (tmp_path / "out").exists()
+
+
+def test_one_sweep_per_directory(tmp_path: Path) -> None:
+    import fcntl
+
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep holds it
+        code, _, err = run("sweep", grid(tmp_path), "-o", tmp_path / "out", "--workers", "1")
+    assert_clean_error(code, err, "another sweep is running in")
+    assert not (tmp_path / "out" / "results.csv").exists()
