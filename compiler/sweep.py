@@ -588,7 +588,7 @@ class _Pool:
 
         self.workers, self._programs, self._cf = workers, programs, cf
         self._pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                            initializer=_quiet_worker)
+                                            initializer=_quiet_worker, initargs=(os.getpid(),))
         self._pending: set[Any] = set()
 
     def build(self, b: Build, model: Path, data: ModelData) -> Any:
@@ -616,10 +616,10 @@ class _Pool:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _quiet_worker() -> None:
-    """Pool worker start: warnings only, and exit when the sweep that started it is gone (kill -9 included)."""
+def _quiet_worker(parent: int) -> None:
+    """Pool worker start: warnings only, and exit when the sweep that started it (``parent``) is gone, kill -9
+    included (the pid is passed in, as the sweep may die before this runs)."""
     logging.getLogger().setLevel(logging.WARNING)
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
