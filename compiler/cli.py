@@ -440,5 +440,33 @@ def presets_cmd(as_json: bool) -> None:
             click.echo(f"    {k}: {v}")
 
 
+# ---- anac sweep (compiler/sweep.py) ----
+@main.command("sweep")
+@click.argument("grid", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Directory for results.csv, report.html and the finished cells (default GRID.sweep); "
+                   "a sweep started again in it skips the cells already done.")
+@click.option("--workers", type=click.IntRange(min=1, max=4096), default=None,
+              help="Local worker processes (default: the CPU count; 1 runs in this process). "
+                   "With --ray: the CPUs of the local Ray instance it starts.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run on Ray (pip install 'anac[ray]'): a new local instance, "
+                                                     "or the cluster of --address.")
+@click.option("--address", default=None, metavar="ray://HOST:PORT",
+              help="A running Ray cluster (implies --ray).")
+@_command
+def sweep_cmd(grid: str, output: str | None, workers: int | None, use_ray: bool, address: str | None) -> None:
+    """Accuracy of every model x hardware x encoding x chip instance x time of the GRID file (TOML)."""
+    from pathlib import Path
+
+    from anac.sweep import run_sweep
+
+    out = output or str(Path(grid).with_suffix(".sweep"))
+    res = run_sweep(grid, out, workers=workers, use_ray=use_ray, address=address)
+    click.echo(f"{res.cells} cells ({res.skipped} already done), {len(res.rows)} rows in {res.elapsed_s:.1f} s")
+    click.echo(f"wrote {res.results}")
+    click.echo(f"wrote {res.report}")
+# ---- end anac sweep ----
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
