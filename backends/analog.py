@@ -51,6 +51,10 @@ class ProgrammedChip:
         g_max = hw.device.g_max_us
         self._devices = {s.id: ProgrammedDevices(self.model, *prog.targets(s), hw.encoding(s.encoding), g_max, rng)
                          for s in prog.slices or []}
+        for s in prog.slices or []:  # cells between packed groups are never programmed: no conductance
+            mask = prog.block_mask(s.matrix, s.rows, s.cols)
+            if mask is not None:
+                self._devices[s.id].g = self._devices[s.id].g * mask
         ref_rng = np.random.default_rng([seed, 1])
         for d in self._devices.values():
             d.set_reference(ref_rng)

@@ -346,14 +346,19 @@ def _conv(x: np.ndarray, mvm: MVM, plans: list[Any], shapes: list[tuple[int, int
         raise InputError(f"node '{mvm.node}' (Conv): input of rank {x.ndim}, a {nsp}-D kernel needs rank {nsp + 2}")
     spatial = x.shape[2:]
     eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True)]
-    begin, end = _conv_pads(p["auto_pad"], p["pads"], spatial, strides, eff)
-    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end, strict=True)))
-    cg = p["in_channels_per_group"]
+    if p.get("transpose"):
+        xp, strides = _transpose_input(x, p, eff), [1] * nsp
+    else:
+        begin, end = _conv_pads(p["auto_pad"], p["pads"], spatial, strides, eff)
+        xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end, strict=True)))
+    taps = int(np.prod(kernel))
     batch = x.shape[0]
     outs = []
     axes = tuple(range(2, 2 + nsp))
-    for g, (gplans, (k, n)) in enumerate(zip(plans, shapes, strict=True)):
-        xg = xp[:, g * cg:(g + 1) * cg]
+    c0 = 0  # a matrix's input channels follow the previous one's (one group, or a pack of groups)
+    for gplans, (k, n) in zip(plans, shapes, strict=True):
+        xg = xp[:, c0:c0 + k // taps]
+        c0 += k // taps
         win = sliding_window_view(xg, eff, axis=axes)  # (B, Cg, *S_full, *eff)
         sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
             + tuple(slice(None, None, d) for d in dil)
@@ -364,6 +369,45 @@ def _conv(x: np.ndarray, mvm: MVM, plans: list[Any], shapes: list[tuple[int, int
         y = matmul(cols, gplans, n).reshape((batch,) + out_sp + (n,))
         outs.append(np.moveaxis(y, -1, 1))
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+
+
+def _transpose_input(x: np.ndarray, p: dict[str, Any], eff: list[int]) -> np.ndarray:
+    """ConvTranspose as a stride-1 Conv: the input dilated by the strides, padded by eff - 1 - pad
+    (cropped where that is negative) and by the output padding at the end."""
+    nsp = len(eff)
+    spatial, strides = x.shape[2:], p["strides"]
+    begin, end = transpose_pads(p, spatial, eff)
+    dilated = np.zeros(x.shape[:2] + tuple((s - 1) * st + 1 for s, st in zip(spatial, strides, strict=True)),
+                       x.dtype)
+    dilated[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)] = x
+    lo = [e - 1 - b for e, b in zip(eff, begin, strict=True)]
+    hi = [e - 1 - n for e, n in zip(eff, end, strict=True)]
+    xp = np.pad(dilated, [(0, 0), (0, 0)] + [(max(0, a), max(0, b)) for a, b in zip(lo, hi, strict=True)])
+    crop = tuple(slice(max(0, -a), xp.shape[2 + i] - max(0, -b)) for i, (a, b) in enumerate(zip(lo, hi, strict=True)))
+    assert len(crop) == nsp
+    return xp[(slice(None), slice(None)) + crop]
+
+
+def transpose_pads(p: dict[str, Any], spatial: tuple[int, ...], eff: list[int]) -> tuple[list[int], list[int]]:
+    """ConvTranspose pads (begin, end with the output padding taken off the end), as onnxruntime computes
+    them: explicit pads, or from ``output_shape`` / SAME auto_pad (the odd unit at the tail for SAME_UPPER,
+    at the head otherwise)."""
+    nsp = len(spatial)
+    strides, out_pad = p["strides"], p["output_padding"]
+    full = [(s - 1) * st + op + e for s, st, op, e in zip(spatial, strides, out_pad, eff, strict=True)]
+    target = p.get("output_shape")
+    if target is None and p["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
+        target = [s * st for s, st in zip(spatial, strides, strict=True)]
+    if target is None:
+        begin, end = list(p["pads"][:nsp]), list(p["pads"][nsp:])
+        if p["auto_pad"] == "VALID":
+            begin, end = [0] * nsp, [0] * nsp
+    else:
+        total = [max(0, f - t) for f, t in zip(full, target, strict=True)]
+        upper = p["auto_pad"] == "SAME_UPPER"
+        begin = [t // 2 if upper else t - t // 2 for t in total]
+        end = [t - b for t, b in zip(total, begin, strict=True)]
+    return begin, [e - op for e, op in zip(end, out_pad, strict=True)]
 
 
 def _conv_pads(auto_pad: str, pads: list[int], spatial: tuple[int, ...], strides: list[int],

@@ -18,13 +18,16 @@ import numpy as np
 import onnx
 from anac.core.errors import ShapeError
 from anac.core.ir import Graph, Node, node_reads
-from anac.core.lowering import lower
+from anac.core.lowering import groups_that_fit, lower, pack_groups, pack_sizes
 from anac.core.placeholder import tensor_proto
 from anac.core.program import MVM, Matrix, Program, Stage
 from anac.core.recurrent import RECURRENT_OPS, Recurrent, absorbable_embedding, lower_recurrent
 
 # Host stage models never go below this IR version: initializers need not be graph inputs from IR 4 on.
 _MIN_HOST_IR = 7
+# Packed groups may fill this share of the devices of the chips a model's weights need (the rest is slack
+# for the packer: tiles are rarely filled to the last row).
+_PACK_FILL = 0.9
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Partition:
     name: ClassVar[str] = "partition"
     requires: ClassVar[tuple[str, ...]] = ("graph",)
     produces: ClassVar[tuple[str, ...]] = ("partition",)
+    pack_groups: bool = True  # grouped convs: groups block-diagonal in tile-sized matrices (else one per group)
 
     def run(self, prog: Program) -> None:
         graph = prog.graph
@@ -58,6 +62,8 @@ class Partition:
                 mvm, mats = lowered
                 mvms[node.name] = mvm
                 matrices.update((m.id, m) for m in mats)
+        if self.pack_groups:
+            matrices = _pack_grouped(prog, mvms, matrices)
         fused = _fuse_activations(graph, mvms, prog.hardware.analog_activations, {t.name for t in prog.outputs})
         level: dict[str, int] = {}  # tensor -> analog depth of its producer
         node_level: list[tuple[Node, int, bool]] = []
@@ -92,6 +98,54 @@ class Partition:
         prog.tensor_elements = {t: _elements(graph, t) for st in prog.stages for t in st.inputs + st.outputs}
 
 
+def _pack_grouped(prog: Program, mvms: dict[str, MVM], matrices: dict[str, Matrix]) -> dict[str, Matrix]:
+    """Pack the groups of grouped convs block-diagonally (anac.core.lowering.pack_groups).
+
+    Each layer starts with as many groups per matrix as fit the smallest weight grid of any
+    encoding (so a pack fits a tile whatever encoding the layer gets), which runs the most
+    groups per MVM. The zero blocks cost devices (p groups per matrix store p times their
+    weights), so while the model's devices exceed 90 % of the chips its weights need anyway, or
+    fill its last tile beyond 90 % (too tight for the packer to meet the lower bound of tiles), the
+    layer with the fewest input vectors per inference (the least time at stake) halves its groups
+    per matrix.
+    """
+    hw = prog.hardware
+    grids = [hw.weight_grid(e.name) for e in hw.encodings]
+    grid = (min(r for r, _ in grids), min(c for _, c in grids))
+    grouped = {n: [matrices[m] for m in mv.matrices] for n, mv in mvms.items()
+               if mv.kind == "conv" and len(mv.matrices) > 1}
+    per = {n: groups_that_fit(mats, grid) for n, mats in grouped.items()}
+    if not grouped or max(per.values()) == 1:
+        return matrices
+    dpw = hw.encoding(hw.default_encoding).devices_per_weight
+    weights = sum(m.weights.size for m in matrices.values())
+    tiles = -(-weights * dpw // hw.devices_per_tile)
+    chips = -(-tiles // hw.tiles_per_chip) * hw.tiles_per_chip * hw.devices_per_tile * _PACK_FILL
+
+    def devices() -> int:
+        waste = sum(mats[0].weights.size * sum(k * (k - 1) for k in pack_sizes(len(mats), per[n]))
+                    for n, mats in grouped.items())
+        return (weights + waste) * dpw
+
+    def budget() -> float:
+        # Within the chips the weights need, and leaving the packer slack in the last tile.
+        return min(chips, (-(-devices() // hw.devices_per_tile) - 1 + _PACK_FILL) * hw.devices_per_tile)
+
+    vectors = {n: _elements(prog.graph, mvms[n].output) // max(1, int(mvms[n].params["out_channels_per_group"])
+                                                               * len(mats)) for n, mats in grouped.items()}
+    while devices() > budget():
+        shrinkable = [n for n in grouped if per[n] > 1]
+        if not shrinkable:
+            break
+        least = min(shrinkable, key=lambda n: (vectors[n], -len(grouped[n]) * per[n], n))
+        per[least] //= 2
+    out = {mid: m for mid, m in matrices.items() if m.node not in grouped}
+    for n, mats in grouped.items():
+        out.update((m.id, m) for m in pack_groups(mvms[n], mats, per[n]))
+    order = {n: i for i, n in enumerate(mvms)}
+    return dict(sorted(out.items(), key=lambda kv: order[kv[1].node]))
+
+
 def _elements(graph: Graph, name: str) -> int:
     info = graph.info(name)
     if info is None or not info.is_static:
@@ -112,11 +166,12 @@ def _traffic(graph: Graph, mvm: MVM, k: int) -> dict[str, int]:
     """Per inference: input elements, output elements, and input vectors (MVMs each tile runs)."""
     x, y = _elements(graph, mvm.input), _elements(graph, mvm.output)
     if mvm.kind == "conv":
-        n_out = int(mvm.params["out_channels_per_group"]) * len(mvm.matrices)
+        n_out = int(mvm.params["out_channels_per_group"]) * int(mvm.params["group"])
         vectors = y // n_out if n_out else 0  # batch x output positions
     else:
         vectors = x // k if k else 0
     return {"in_elements": x, "out_elements": y, "vectors": vectors}
+
 
 def _fuse_activations(graph: Graph, mvms: dict[str, MVM], allowed: tuple[str, ...],
                       graph_outputs: set[str]) -> dict[str, str]:

@@ -1,8 +1,21 @@
 """Lowering of crossbar-mappable ONNX ops to the canonical MVM y = alpha * (x @ W) + bias.
 
-Gemm and MatMul with one constant operand and Conv (any spatial rank, with
-groups) with a constant kernel lower to an ``MVM`` plus one K x N ``Matrix``
-per group. Anything else is a host op; ``lower`` then returns the reason.
+Gemm and MatMul with one constant operand, and Conv and ConvTranspose (any
+spatial rank, with groups) with a constant kernel lower to an ``MVM`` plus K x N
+``Matrix`` objects. Anything else is a host op; ``lower`` then returns the reason.
+
+A grouped convolution's groups are packed side by side: given the crossbar's
+weight grid, each matrix holds as many groups as fit it on a block diagonal
+(group g's rows meet only group g's columns; the zero blocks are structural,
+never programmed, and counted by ``Program.zero_block_weights``), so a
+depthwise layer is a few tile-sized matrices rather than one tiny matrix per
+channel. Input rows are ordered (channel, kernel...) channel-major, so a pack of
+consecutive groups is exactly the im2col of its consecutive input channels.
+
+ConvTranspose is the convolution of its input dilated by the strides (zeros
+between the samples) with the flipped kernel, its in/out channel axes swapped
+per group, padded by (k - 1) * dilation - pad: the same im2col MVM as Conv,
+summed in the analog domain (no digital overlap-add of scattered outputs).
 """
 
 from __future__ import annotations
@@ -11,19 +24,19 @@ import numpy as np
 import onnx
 from anac.core.errors import InvalidWeightsError
 from anac.core.ir import Graph, Node
-from anac.core.placeholder import is_placeholder
+from anac.core.placeholder import is_placeholder, placeholder
 from anac.core.program import MVM, Matrix
 
-ANALOG_OPS = ("Gemm", "MatMul", "Conv")
+ANALOG_OPS = ("Gemm", "MatMul", "Conv", "ConvTranspose")
 _FLOAT = onnx.TensorProto.FLOAT
 
 
 def lower(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
-    """The MVM and matrices of ``node``, or why it stays on the host."""
+    """The MVM and matrices of ``node`` (one per conv group), or why it stays on the host."""
     if node.domain not in ("", "ai.onnx") or node.op_type not in ANALOG_OPS:
         return "not a matrix-vector product"
-    lowering = {"Gemm": _lower_gemm, "MatMul": _lower_matmul, "Conv": _lower_conv}[node.op_type]
-    result = lowering(node, graph)
+    lowering = {"Gemm": _lower_gemm, "MatMul": _lower_matmul, "Conv": _lower_conv, "ConvTranspose": _lower_conv}
+    result = lowering[node.op_type](node, graph)
     if isinstance(result, str):
         return result
     mvm, matrices = result
@@ -144,12 +157,21 @@ def _lower_conv(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
     if b_name and b is None:
         return "its bias is an activation"
     group = int(node.attrs.get("group", 1))
+    transpose = node.op_type == "ConvTranspose"
+    spatial = w.ndim - 2
+    kernel = [int(k) for k in w.shape[2:]]
+    if transpose:
+        # (C_in, C_out/group, *k) -> per group the Conv kernel (C_out/group, C_in/group, *k flipped).
+        if w.shape[0] % group:
+            return f"{w.shape[0]} input channels do not split into {group} groups"
+        c_in_g = w.shape[0] // group
+        flip = (slice(None), slice(None)) + (slice(None, None, -1),) * spatial
+        w = placeholder((w.shape[1] * group, c_in_g, *kernel), np.float32) if is_placeholder(w) else \
+            np.concatenate([np.swapaxes(w[g * c_in_g:(g + 1) * c_in_g], 0, 1)[flip] for g in range(group)])
     c_out, c_in_g = w.shape[0], w.shape[1]
     if c_out % group:
         return f"{c_out} output channels do not split into {group} groups"
-    spatial = w.ndim - 2
-    kernel = [int(k) for k in w.shape[2:]]
-    params = {
+    params: dict[str, object] = {
         "kernel": kernel,
         "strides": [int(s) for s in node.attrs.get("strides", [1] * spatial)],
         "dilations": [int(d) for d in node.attrs.get("dilations", [1] * spatial)],
@@ -159,6 +181,11 @@ def _lower_conv(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
         "in_channels_per_group": int(c_in_g),
         "out_channels_per_group": int(c_out // group),
     }
+    if transpose:
+        params["transpose"] = True
+        params["output_padding"] = [int(p) for p in node.attrs.get("output_padding", [0] * spatial)]
+        if "output_shape" in node.attrs:
+            params["output_shape"] = [int(d) for d in node.attrs["output_shape"]][-spatial:]
     n_g = c_out // group
     matrices = []
     for g in range(group):
@@ -175,6 +202,45 @@ def _lower_conv(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
 def _matrix(w: np.ndarray) -> np.ndarray:
     """A crossbar matrix: C-contiguous float32, or a placeholder as it is (it has no values to lay out)."""
     return w if is_placeholder(w) else np.ascontiguousarray(w, dtype=np.float32)
+
+
+def groups_that_fit(matrices: list[Matrix], grid: tuple[int, int]) -> int:
+    """How many of a grouped conv's group matrices fit one crossbar grid on a block diagonal."""
+    k_g, n_g = matrices[0].shape
+    return max(1, min(grid[0] // k_g, grid[1] // n_g))
+
+
+def pack_sizes(group: int, per: int) -> list[int]:
+    """Groups in each matrix: as many matrices as ``per`` groups each needs, the groups spread evenly
+    (the first matrices one group larger when they do not divide)."""
+    count = -(-group // max(1, per))
+    return [group // count + (i < group % count) for i in range(count)]
+
+
+def pack_groups(mvm: MVM, matrices: list[Matrix], per: int) -> list[Matrix]:
+    """The group matrices of a conv as block-diagonal matrices of about ``per`` groups each (spread evenly).
+
+    Sets the MVM's ``groups_per_matrix`` and ``block`` (rows, columns per group) params and its matrix ids.
+    """
+    group = len(matrices)
+    if group == 1 or per <= 1:
+        return matrices
+    sizes = pack_sizes(group, per)
+    k_g, n_g = matrices[0].shape
+    packed = []
+    for j, (g0, g1) in enumerate(zip(np.cumsum([0] + sizes[:-1]).tolist(), np.cumsum(sizes).tolist(), strict=True)):
+        shape = ((g1 - g0) * k_g, (g1 - g0) * n_g)
+        if is_placeholder(matrices[g0].weights):  # a plan: shapes only
+            w = placeholder(shape, np.float32)
+        else:
+            w = np.zeros(shape, np.float32)
+            for i, m in enumerate(matrices[g0:g1]):
+                w[i * k_g:(i + 1) * k_g, i * n_g:(i + 1) * n_g] = m.weights
+        packed.append(Matrix(f"{mvm.node}#g{g0}-{g1 - 1}", mvm.node, j, w))
+    mvm.params["groups_per_matrix"] = sizes[0]
+    mvm.params["block"] = [k_g, n_g]
+    mvm.matrices = [m.id for m in packed]
+    return packed
 
 
 def _str(v: object) -> str:

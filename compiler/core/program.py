@@ -184,7 +184,31 @@ class Program:
 
     @property
     def analog_weights(self) -> int:
-        return sum(m.weights.size for m in (self.matrices or {}).values())
+        """Weights on crossbars (the zero blocks between packed groups are no weights)."""
+        return sum(m.weights.size for m in (self.matrices or {}).values()) - self.zero_block_weights()
+
+    def block_mask(self, matrix: str, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray | None:
+        """Which cells of a rectangle of a matrix hold weights, or None when all do.
+
+        A matrix of block-diagonally packed groups (MVM param ``block``: rows and
+        columns per group) holds weights only where a row and a column belong to
+        the same group; the other cells are never programmed.
+        """
+        m = self.matrices[matrix]  # type: ignore[index]
+        block = (self.mvms or {})[m.node].params.get("block") if m.node in (self.mvms or {}) else None
+        if block is None:
+            return None
+        r = np.arange(rows[0], rows[1]) if m.kept_rows is None else m.kept_rows[rows[0]:rows[1]]
+        return (r[:, None] // block[0]) == (np.arange(cols[0], cols[1])[None, :] // block[1])
+
+    def zero_block_weights(self) -> int:
+        """Cells of packed-group matrices outside their groups' blocks (zeros a crossbar stores)."""
+        total = 0
+        for mid, m in (self.matrices or {}).items():
+            mask = self.block_mask(mid, (0, m.shape[0]), (0, m.shape[1]))
+            if mask is not None:
+                total += int(mask.size - np.count_nonzero(mask))
+        return total
 
     def tiles_used(self) -> list[tuple[int, int]]:
         """Sorted (chip, tile) pairs that hold at least one slice."""
