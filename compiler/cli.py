@@ -179,6 +179,15 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
     click.echo(f"  {s['analog_nodes']} analog nodes, {s['weights']:,} weights in {s['slices']} slices on "
                f"{s['tiles']} tiles of {s['chips']} chip(s); {s['pcm_devices']:,} PCM devices "
                f"({s['pcm_per_weight']} per weight); {s['host_stages']} host stage(s)")
+    hw_ = s["host_weights"]
+    if hw_["weights"]:
+        click.echo(f"  {hw_['weights']:,} weights stay on the host ({hw_['share']:.1%}), largest: "
+                   + "; ".join(f"{n['node']} ({n['op_type']}, {n['weights']:,}): {n['reason']}"
+                               for n in hw_["nodes"][:3]))
+    if s["zero_block_weights"]:
+        click.echo(f"  grouped convs packed block-diagonally: {s['zero_block_weights']:,} zero-block cells "
+                   f"between the groups ({s['zero_block_weights'] / (s['weights'] + s['zero_block_weights']):.1%} "
+                   f"of the weight cells on crossbars)")
 
 
 @main.command("plan")

@@ -31,8 +31,10 @@ import onnx
 from anac import __version__
 from anac.core.errors import ArtifactError
 from anac.core.estimates import energy
+from anac.core.frontend import tensor_info
 from anac.core.hardware import HardwareSpec
-from anac.core.ir import Graph, TensorInfo
+from anac.core.ir import Graph, Node, TensorInfo
+from anac.core.lowering import ANALOG_OPS, lower
 from anac.core.placeholder import placeholder
 from anac.core.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
 from anac.core.recurrent import Cell, Recurrent
@@ -102,7 +104,49 @@ def summary(prog: Program) -> dict[str, Any]:
         "analog_stages": sum(s.kind == "analog" for s in stages),
         "host_stages": sum(s.kind == "host" for s in stages),
         "slices": len(prog.slices or []),
+        "zero_block_weights": prog.zero_block_weights(),
+        "host_weights": host_weights(prog),
     }
+
+
+def host_weights(prog: Program, top: int = 10) -> dict[str, Any]:
+    """Constant float values that host nodes read (weights left off the crossbars), the largest
+    such nodes first, each with the reason it stays on the host (read from the host stages' models,
+    so a loaded program reports the same)."""
+    nodes = []
+    total = 0
+    for st in prog.stages or []:
+        if st.kind != "host" or st.model is None:
+            continue
+        g = st.model.graph
+        consts = {t.name: t for t in g.initializer
+                  if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
+        total += sum(int(np.prod(t.dims, dtype=np.int64)) for t in consts.values())
+        for proto in g.node:
+            n = sum(int(np.prod(consts[t].dims, dtype=np.int64)) for t in dict.fromkeys(proto.input) if t in consts)
+            if n:
+                nodes.append({"node": proto.name, "op_type": proto.op_type, "weights": n,
+                              "reason": _host_reason(st.model, proto)})
+    analog = prog.analog_weights
+    nodes.sort(key=lambda d: (-d["weights"], d["node"]))
+    return {"weights": total, "share": round(total / (total + analog), 4) if total + analog else 0.0,
+            "nodes": nodes[:top], "weighted_nodes": len(nodes)}
+
+
+def _host_reason(model: onnx.ModelProto, proto: onnx.NodeProto) -> str:
+    """Why a host node is not lowered to a crossbar (anac.core.lowering's reason)."""
+    if proto.domain not in ("", "ai.onnx") or proto.op_type not in ANALOG_OPS:
+        return "not a matrix-vector product"
+    g = model.graph
+    infos = {v.name: tensor_info(v) for v in [*g.input, *g.output, *g.value_info]}
+    node = Node(proto.name, proto.op_type, list(proto.input), list(proto.output),
+                {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute}, "", tuple(proto.attribute))
+    consts = {t.name: placeholder(t.dims, onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+              if t.data_location == onnx.TensorProto.EXTERNAL else onnx.numpy_helper.to_array(t)
+              for t in g.initializer}  # a plan's host stages hold headers only
+    graph = Graph(g.name, [node], [], [], consts, infos, {}, 0)
+    why = lower(node, graph)
+    return why if isinstance(why, str) else "runs on the host"
 
 
 def report_json(prog: Program) -> dict[str, Any]:

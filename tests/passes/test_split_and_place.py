@@ -200,14 +200,48 @@ def test_chips_are_added_as_needed_and_budget_is_enforced(rng: np.random.Generat
         compile_model(_mlp(rng, [1024, 1024, 512]), hardware=replace(small, max_chips=1))
 
 
-def test_grouped_conv_gives_one_matrix_per_group(rng: np.random.Generator) -> None:
+def _grouped(w: np.ndarray, group: int, size: int = 5) -> object:
+    c_in = w.shape[1] * group
+    return make_model([node("Conv", ["x", "w"], ["y"], name="gconv", group=group, pads=[1, 1, 1, 1])],
+                      [tensor("x", [1, c_in, size, size])], [tensor("y", [1, w.shape[0], size, size])], [const("w", w)])
+
+
+def test_grouped_conv_without_packing_gives_one_matrix_per_group(rng: np.random.Generator) -> None:
     w = weights(rng, 8, 2, 3, 3)  # 8 output channels, 4 groups of 2 input channels
-    m = make_model([node("Conv", ["x", "w"], ["y"], name="gconv", group=4, pads=[1, 1, 1, 1])],
-                   [tensor("x", [1, 8, 5, 5])], [tensor("y", [1, 8, 5, 5])], [const("w", w)])
-    prog = compile_model(m)
+    prog = compile_model(_grouped(w, 4), options={"pack_groups": False})
     assert sorted(prog.matrices) == [f"gconv#g{g}" for g in range(4)]
     assert all(mat.shape == (2 * 9, 2) for mat in prog.matrices.values())
     np.testing.assert_array_equal(prog.matrices["gconv#g1"].weights, w[2:4].reshape(2, -1).T)
+    assert prog.zero_block_weights() == 0 and prog.analog_weights == w.size
+
+
+def test_grouped_conv_packs_groups_block_diagonally(rng: np.random.Generator) -> None:
+    w = weights(rng, 8, 2, 3, 3)
+    prog = compile_model(_grouped(w, 4))
+    (m,) = prog.matrices.values()
+    assert m.id == "gconv#g0-3" and m.shape == (4 * 18, 4 * 2)
+    for g in range(4):  # group g's rows meet only its own columns
+        block = np.zeros_like(m.weights)
+        block[g * 18:(g + 1) * 18, g * 2:(g + 1) * 2] = w[2 * g:2 * g + 2].reshape(2, -1).T
+        np.testing.assert_array_equal(m.weights[g * 18:(g + 1) * 18], block[g * 18:(g + 1) * 18])
+    mask = prog.block_mask(m.id, (0, m.shape[0]), (0, m.shape[1]))
+    assert mask is not None and int(mask.sum()) == w.size
+    assert prog.analog_weights == w.size and prog.zero_block_weights() == m.weights.size - w.size
+    assert len(prog.slices) == 1
+
+
+@pytest.mark.parametrize(("channels", "k"), [(64, 3), (960, 3), (1152, 5)])
+def test_depthwise_packs_fill_the_grid_and_meet_the_lower_bound(channels: int, k: int,
+                                                                rng: np.random.Generator) -> None:
+    w = weights(rng, channels, 1, k, k)
+    m = make_model([node("Conv", ["x", "w"], ["y"], name="dw", group=channels, pads=[k // 2] * 4)],
+                   [tensor("x", [1, channels, 7, 7])], [tensor("y", [1, channels, 7, 7])], [const("w", w)])
+    prog = compile_model(m)
+    sizes = [prog.matrices[mid].shape[1] for mid in prog.mvms["dw"].matrices]
+    assert sum(sizes) == channels and max(sizes) * k * k <= 512 and max(sizes) - min(sizes) <= 1
+    assert len(sizes) == -(-channels // (512 // (k * k)))  # as few matrices as the grid allows
+    assert len(prog.tiles_used()) == prog.placement_info["lower_bound_tiles"]
+    check_placement(prog)
 
 
 def test_unknown_strategy_and_encoding_are_user_errors(rng: np.random.Generator) -> None:
