@@ -60,7 +60,7 @@ def _assert_layers_on_crossbars(prog, module: nn.Module, folded: tuple[str, ...]
     ``folded``: layers whose weights the exporter merged with a following BatchNorm)."""
     layers = _layer_matrices(module)
     assert len(prog.mvms) == len(layers), f"analog nodes {sorted(prog.mvms)} for layers {sorted(layers)}"
-    node_mats = {n: [prog.matrices[m].weights for m in mvm.matrices] for n, mvm in prog.mvms.items()}
+    node_mats = {n: _group_blocks(prog, mvm) for n, mvm in prog.mvms.items()}
     shapes = Counter(tuple(w.shape for w in mats) for mats in node_mats.values())
     assert shapes == Counter(tuple(w.shape for w in mats) for mats in layers.values())
     for layer, mats in layers.items():
@@ -71,6 +71,16 @@ def _assert_layers_on_crossbars(prog, module: nn.Module, folded: tuple[str, ...]
         assert len(hits) == 1, f"layer {layer}: its weights are in analog nodes {hits}"
     assert prog.analog_weights == sum(w.size for mats in layers.values() for w in mats)
     check_placement(prog)
+
+
+def _group_blocks(prog, mvm) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    """A layer's matrices, one per conv group: the diagonal blocks of groups packed block-diagonally."""
+    out = []
+    for mid in mvm.matrices:
+        w = prog.matrices[mid].weights
+        k, n = mvm.params.get("block", w.shape)
+        out += [w[i * k:(i + 1) * k, i * n:(i + 1) * n] for i in range(w.shape[1] // n)]
+    return out
 
 
 def _relus_after_mvms(prog) -> set[str]:  # type: ignore[no-untyped-def]
@@ -189,7 +199,9 @@ def test_torch_cnn_batchnorm_pools_flatten(tmp_path):
     prog = compile_model(path)
     # the exporter may fold a BatchNorm into the Conv before it: then only shapes can be compared
     _assert_layers_on_crossbars(prog, net, folded=("conv1", "conv2"))
-    assert sorted(len(m.matrices) for m in prog.mvms.values()) == [1, 1, 1, 16]  # conv3 is depthwise
+    # conv3 is depthwise: its 16 groups packed block-diagonally into one matrix
+    assert sorted(len(_group_blocks(prog, m)) for m in prog.mvms.values()) == [1, 1, 1, 16]
+    assert sorted(len(m.matrices) for m in prog.mvms.values()) == [1, 1, 1, 1]
     assert not _mappable_on_host(prog)
     ops = host_ops(prog)
     # A Relu right after a Conv is fused into it; one after a BatchNorm the exporter kept stays on the host.
@@ -253,7 +265,8 @@ def test_torch_conv1d(tmp_path):
     prog = compile_model(path)
     _assert_layers_on_crossbars(prog, net)
     conv = [m for m in prog.mvms.values() if m.kind == "conv"]
-    assert len(conv) == 3 and sorted(len(m.matrices) for m in conv) == [1, 1, 16]
+    assert len(conv) == 3 and sorted(len(_group_blocks(prog, m)) for m in conv) == [1, 1, 16]
+    assert sorted(len(m.matrices) for m in conv) == [1, 1, 1]  # the 16 groups packed into one matrix
     assert {"Conv", "Gemm", "MatMul"}.isdisjoint(host_ops(prog))
     # both Relus directly follow a Conv: fused, none on the host
     relus = {n.name for n in prog.graph.nodes if n.op_type == "Relu"}
