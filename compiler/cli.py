@@ -282,11 +282,13 @@ def check_cmd(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
 @click.option("--svg", "svg_dir", type=click.Path(file_okay=False), default=None, help="Write the chip maps as SVG.")
 @click.option("--verify-json", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Output of `anac verify --mode hardware --json` to chart in the HTML report.")
+@click.option("--tiles", "show_tiles", is_flag=True,
+              help="Also list each chip's layers and its per-tile slice table (long for big models).")
 @_json_option
 @_command
 def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_json: str | None,
-                as_json: bool) -> None:
-    """Show the tile placement of a compiled PROGRAM directory, per chip, and a summary."""
+                show_tiles: bool, as_json: bool) -> None:
+    """Summarise the placement of a compiled PROGRAM directory: per chip its tiles, layers and utilisation."""
     from anac.api import load_program
     from anac.core.errors import ArtifactError, InputError
     from anac.htmlreport import accuracy_svg, write_html, write_svgs
@@ -319,7 +321,7 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
         return
     if prog.plan is not None:
         click.echo(f"a plan (anac plan): weights {prog.plan['weights']}; encodings: {prog.plan['encodings']}")
-    click.echo(render_text(prog))
+    click.echo(render_text(prog, tiles=show_tiles))
 
 
 @main.command("verify")

@@ -10,6 +10,7 @@ from anac.core.estimates import energy
 from anac.core.program import Program, Slice
 
 _SHADES = " .:-=+*#%@"  # tile utilisation 0 % .. 100 % in ten steps
+_FEW = 5  # list items shown before "... N more" in the default (one screen) view
 
 
 def placement_table(prog: Program) -> dict[str, Any]:
@@ -54,8 +55,9 @@ def placement_table(prog: Program) -> dict[str, Any]:
             "schedule": sched, "summary": summary(prog)}
 
 
-def render_text(prog: Program) -> str:
-    """The placement as text: a map and a table per chip, then the summary."""
+def render_text(prog: Program, tiles: bool = False) -> str:
+    """The placement as text: per chip its map, tiles used, layers and utilisation, then the summary
+    (a screenful); ``tiles`` adds every chip's layer list and per-tile slice table, and the long lists."""
     table = placement_table(prog)
     hw = prog.hardware
     lines = [f"hardware: {hw.name} ({hw.tiles_per_chip} tiles of {hw.tile_rows} x {hw.tile_cols} unit cells, "
@@ -64,8 +66,13 @@ def render_text(prog: Program) -> str:
         used = {t["tile"]: t["utilisation"] for t in chip["tiles"]}
         cells = "".join(_SHADES[min(9, max(1, round(used[i] * 9)))] if i in used else "_"
                         for i in range(hw.tiles_per_chip))
+        shared = sum(len({s["layer"] for s in t["slices"]}) > 1 for t in chip["tiles"])
         lines.append("")
         lines.append(f"chip {chip['chip']}: {len(used)} of {hw.tiles_per_chip} tiles used   map [{cells}]")
+        lines.append(f"  {len(chip['layers'])} layer(s), utilisation {sum(used.values()) / max(1, len(used)):.1%} "
+                     f"of the used tiles' devices; {shared} tile(s) hold several layers")
+        if not tiles:
+            continue
         lines.append("  layers: " + "; ".join(f"{n} on tile(s) {','.join(map(str, t))}"
                                               for n, t in chip["layers"].items()))
         lines.append(f"  {'tile':>4}  {'util':>6}  {'enc':<6} {'layer':<28} {'rows':>13} {'cols':>13}")
@@ -78,8 +85,9 @@ def render_text(prog: Program) -> str:
     lines.append(f"map: one character per tile, '_' unused, '{_SHADES[1]}' to '{_SHADES[9]}' = "
                  "utilisation low to full")
     if prog.pruning:
-        lines.append("pruned inputs: " + ", ".join(f"{mid} {p['rows']} -> {p['kept']} rows"
-                                                    for mid, p in prog.pruning.items()))
+        pruned = [f"{mid} {p['rows']} -> {p['kept']} rows" for mid, p in prog.pruning.items()]
+        lines.append("pruned inputs: " + ", ".join(pruned if tiles else pruned[:_FEW])
+                     + ("" if tiles or len(pruned) <= _FEW else f", ... {len(pruned) - _FEW} more"))
     a = prog.assignment or {}
     if a.get("encodings"):
         counts: dict[str, int] = defaultdict(int)
@@ -90,16 +98,20 @@ def render_text(prog: Program) -> str:
             how += f", estimated error {a['estimated_error']:.4g}"
         lines.append("encodings: " + ", ".join(f"{n} layer(s) {e}" for e, n in sorted(counts.items()))
                      + f" ({how})")
-        for enc in sorted(counts):
-            lines.append(f"  {enc}: " + ", ".join(sorted(n for n, e in a["encodings"].items() if e == enc)))
+        if tiles or len(counts) > 1 and len(a["encodings"]) <= _FEW:
+            for enc in sorted(counts):
+                lines.append(f"  {enc}: " + ", ".join(sorted(n for n, e in a["encodings"].items() if e == enc)))
     p = table["placement"] or {}
     if "link_bytes" in p:
         g = p.get("greedy", {})
         lines.append(f"placement: {p.get('method')}, {p.get('status')}; {p['link_bytes']:,} bytes on links "
                      f"per inference (greedy: {g.get('link_bytes', 0):,})")
-    for name, lk in table["links"].items():
+    links = sorted(table["links"].items(), key=lambda kv: (-kv[1]["bytes"], kv[0]))
+    for name, lk in links if tiles else links[:_FEW]:
         lines.append(f"  {name}: {int(lk['bytes']):,} bytes in {int(lk['transfers'])} transfers, "
                      f"busy {lk['busy_ns'] / 1e3:,.1f} us per inference")
+    if not tiles and len(links) > _FEW:
+        lines.append(f"  ... {len(links) - _FEW} more links (--tiles lists them)")
     sched = table["schedule"]
     if sched:
         tp = sched.get("throughput_per_s")
@@ -111,13 +123,27 @@ def render_text(prog: Program) -> str:
                      f"{en['chip_tops_per_w']} TOPS/W on chip, {en['system_tops_per_w']} with links and host "
                      f"(paper: {en['paper_tops_per_w']['sustained']} sustained, "
                      f"{en['paper_tops_per_w']['peak_tile']} peak per tile)")
-    if table["host_stages"]:
-        lines.append("host stages: " + ", ".join(f"{h['stage']} ({h['nodes']} nodes)" for h in table["host_stages"]))
+    host = table["host_stages"]
+    if host and tiles:
+        lines.append("host stages: " + ", ".join(f"{h['stage']} ({h['nodes']} nodes)" for h in host))
+    elif host:
+        lines.append(f"host stages: {len(host)} with {sum(h['nodes'] for h in host)} nodes")
     s = table["summary"]
+    hw_ = s["host_weights"]
+    if hw_["weights"]:
+        lines.append(f"host weights: {hw_['weights']:,} ({hw_['share']:.1%} of all) in {hw_['weighted_nodes']} "
+                     "node(s); largest: " + "; ".join(f"{n['node']} ({n['op_type']}, {n['weights']:,}): "
+                                                      f"{n['reason']}" for n in hw_["nodes"][:3]))
+    if s["zero_block_weights"]:
+        lines.append(f"grouped convs: {s['zero_block_weights']:,} zero-block cells between packed groups "
+                     f"({s['zero_block_weights'] / (s['weights'] + s['zero_block_weights']):.1%} of the weight "
+                     "cells on crossbars)")
     lines.append(f"summary: {s['tiles']} tiles on {s['chips']} chip(s), {s['pcm_devices']:,} PCM devices for "
                  f"{s['weights']:,} weights ({s['pcm_per_weight']} PCM per weight, {s['device_utilisation']:.1%} of "
                  f"the used tiles' devices), {s['analog_nodes']} analog nodes in {s['slices']} slices, "
                  f"{s['host_stages']} host stage(s)")
+    if not tiles:
+        lines.append("(the layers of each chip and its per-tile slice table: --tiles)")
     return "\n".join(lines)
 
 

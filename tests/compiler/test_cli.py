@@ -65,8 +65,14 @@ def test_compile_json_inspect_and_verify(tmp_path: Path) -> None:
 
     code, stdout, _ = run("inspect", out)
     assert code == 0
+    brief = stdout.splitlines()
+    assert "chip 0: 6 of 34 tiles used   map [@@@@@%" + "_" * 28 + "]" in brief
+    assert "  4 layer(s), utilisation 97.5% of the used tiles' devices; 1 tile(s) hold several layers" in brief
+    assert not any("0:512" in line for line in brief)  # no per-tile slice table by default
+    code, stdout, _ = run("inspect", out, "--tiles")
+    assert code == 0
     lines = stdout.splitlines()
-    assert "chip 0: 6 of 34 tiles used   map [@@@@@%" + "_" * 28 + "]" in lines
+    assert set(brief) - set(lines) == {"(the layers of each chip and its per-tile slice table: --tiles)"}
     rows = [line.split() for line in lines if line.split()[-1:] and line.split()[-1].count(":") == 1
             and line.split()[-2].count(":") == 1]
     # tile, utilisation, encoding, layer, matrix rows, matrix columns; tile 5 is 85.2 % full:
@@ -87,7 +93,7 @@ def test_compile_json_inspect_and_verify(tmp_path: Path) -> None:
         ["4-PCM", "fc0", "1888:1960", "500:512"],
         ["4-PCM", "fc3", "0:512", "0:12"]]
     assert "summary: 6 tiles on 1 chip(s), 6,135,808 PCM devices for 1,533,952 weights (4.0 PCM per weight, " \
-           "97.5% of the used tiles' devices), 4 analog nodes in 12 slices, 0 host stage(s)" in lines
+           "97.5% of the used tiles' devices), 4 analog nodes in 12 slices, 0 host stage(s)" in brief
     code, stdout, _ = run("inspect", out, "--json")
     table = json.loads(stdout)
     assert sum(len(t["slices"]) for c in table["chips"] for t in c["tiles"]) == rep["slices"]
@@ -306,3 +312,66 @@ def test_hardware_file_errors_and_overrides(tmp_path: Path) -> None:
     code, stdout, _ = run("compile", KWS, "--hardware", good, "--max-chips", "2", "-o", tmp_path / "k3.anac",
                           "--json", "-q")
     assert code == 0 and json.loads(stdout)["chips"] == 2
+
+
+def _host_weighted(tmp_path: Path) -> Path:
+    """An embedding table (a Gather: on the host), a LayerNorm's scale and bias, and a crossbar MatMul."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    m = make_model([node("Gather", ["table", "ids"], ["e"], name="embed"),
+                    node("LayerNormalization", ["e", "gamma", "beta"], ["n"], name="norm", axis=-1),
+                    node("MatMul", ["n", "w"], ["y"], name="proj")],
+                   [tensor("ids", [2, 3], onnx.TensorProto.INT64)], [tensor("y", [2, 3, 8])],
+                   [const("table", table), const("gamma", np.ones(16, np.float32)),
+                    const("beta", np.zeros(16, np.float32)), const("w", w)])
+    return save(m, tmp_path, "emb.onnx")
+
+
+def test_compile_reports_the_weights_left_on_the_host(tmp_path: Path) -> None:
+    model = _host_weighted(tmp_path)
+    code, stdout, _ = run("compile", model, "-o", tmp_path / "a.anac", "--json", "-q")
+    assert code == 0
+    host = json.loads(stdout)["host_weights"]
+    assert host["weights"] == 50 * 16 + 16 + 16 and host["weighted_nodes"] == 2
+    assert host["share"] == round(832 / (832 + 16 * 8), 4)
+    assert [(n["node"], n["op_type"], n["weights"], n["reason"]) for n in host["nodes"]] == [
+        ("embed", "Gather", 800, "not a matrix-vector product"),
+        ("norm", "LayerNormalization", 32, "not a matrix-vector product")]
+    code, stdout, _ = run("compile", model, "-o", tmp_path / "b.anac", "-q")
+    assert code == 0
+    assert "  832 weights stay on the host (86.7%), largest: embed (Gather, 800): not a matrix-vector product; " \
+           "norm (LayerNormalization, 32): not a matrix-vector product" in stdout.splitlines()
+    # the same figures from the saved program
+    code, stdout, _ = run("inspect", tmp_path / "b.anac")
+    assert any(line.startswith("host weights: 832 (86.7% of all) in 2 node(s); largest: embed (Gather, 800)")
+               for line in stdout.splitlines())
+
+
+def test_a_host_conv_with_an_activation_kernel_says_why(tmp_path: Path) -> None:
+    x, k = tensor("x", [1, 2, 5, 5]), tensor("k", [3, 2, 3, 3])
+    m = make_model([node("Conv", ["x", "k", "b"], ["y"], name="dyn")], [x, k], [tensor("y", [1, 3, 3, 3])],
+                   [const("b", np.ones(3, np.float32))])
+    code, stdout, _ = run("compile", save(m, tmp_path), "-o", tmp_path / "c.anac", "--json", "-q")
+    assert code == 0
+    (n,) = json.loads(stdout)["host_weights"]["nodes"]
+    assert (n["node"], n["weights"], n["reason"]) == ("dyn", 3, "no constant weight operand")
+
+
+def test_inspect_of_a_many_layer_model_fits_a_screen(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    nodes, inits, cur = [], [], "x"
+    for i in range(40):  # 40 depthwise + pointwise pairs: 80 layers, many tiles
+        inits += [const(f"d{i}", rng.standard_normal((64, 1, 3, 3)).astype(np.float32)),
+                  const(f"p{i}", rng.standard_normal((64, 64, 1, 1)).astype(np.float32))]
+        nodes += [node("Conv", [cur, f"d{i}"], [f"a{i}"], group=64, pads=[1, 1, 1, 1]),
+                  node("Conv", [f"a{i}", f"p{i}"], [f"b{i}"])]
+        cur = f"b{i}"
+    m = make_model(nodes, [tensor("x", [1, 64, 6, 6])], [tensor(cur, [1, 64, 6, 6])], inits)
+    out = tmp_path / "deep.anac"
+    assert run("compile", save(m, tmp_path), "-o", out, "-q")[0] == 0
+    code, stdout, _ = run("inspect", out)
+    assert code == 0 and len(stdout.splitlines()) <= 30
+    assert "  80 layer(s), utilisation" in stdout
+    code, stdout, _ = run("inspect", out, "--tiles")
+    assert code == 0 and len(stdout.splitlines()) > 80  # every slice of the 80 layers
