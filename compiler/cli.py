@@ -289,6 +289,8 @@ def check_cmd(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
 def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_json: str | None,
                 show_tiles: bool, as_json: bool) -> None:
     """Summarise the placement of a compiled PROGRAM directory: per chip its tiles, layers and utilisation."""
+    from pathlib import Path
+
     from anac.api import load_program
     from anac.core.errors import ArtifactError, InputError
     from anac.htmlreport import accuracy_svg, write_html, write_svgs
@@ -311,7 +313,7 @@ def inspect_cmd(program: str, html_out: str | None, svg_dir: str | None, verify_
                              f"{type(e).__name__}: {e}") from None
     try:
         if html_out:
-            log.info("wrote %s", write_html(prog, html_out, verify))
+            log.info("wrote %s", write_html(prog, html_out, verify, source=Path(program).name))
         if svg_dir:
             log.info("wrote %d chip map(s) to %s", len(write_svgs(prog, svg_dir)), svg_dir)
     except OSError as e:

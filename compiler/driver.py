@@ -126,7 +126,8 @@ def import_program(
     prog = Program(graph, spec, list(graph.inputs), list(graph.outputs),
                    options={k: v for k, v in sorted(options.items())
                             if v is not None and k not in MEASURED_OPTIONS and _plain(v)},
-                   model_digest=digest, plan=None if weights else {})
+                   model_digest=digest, plan=None if weights else {},
+                   model_file=None if isinstance(model, onnx.ModelProto) else Path(model).name)
     prog.timings["frontend"] = frontend_s
     return prog
 

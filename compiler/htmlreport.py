@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from anac.core.artifact import report_json
 from anac.core.program import Program
 from anac.views import placement_table
@@ -22,8 +23,37 @@ _CELL, _GAP = 46, 6
 
 
 def _palette(prog: Program) -> dict[str, str]:
-    """A colour per layer, in program order; golden-angle hues keep neighbouring layers apart."""
-    return {m: f"hsl({(i * 137.508) % 360:.0f},65%,50%)" for i, m in enumerate(prog.mvms or {})}
+    """A colour per layer, in program order (``distinct_colours``)."""
+    layers = list(prog.mvms or {})
+    return dict(zip(layers, distinct_colours(len(layers)), strict=True))
+
+
+def distinct_colours(n: int) -> list[str]:
+    """``n`` colours as far apart as possible in CIELAB (greedy farthest point over an sRGB grid, as in
+    Glasbey et al. 2007): each colour is the grid colour farthest from all earlier ones (and from the
+    white page), so consecutive layers differ most and no two layers share a look-alike hue, unlike
+    golden-angle hues whose lightness and saturation never change."""
+    levels = np.linspace(0, 1, 18)
+    rgb = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    lab = _lab(rgb)
+    keep = (lab[:, 0] > 25) & (lab[:, 0] < 88)  # dark enough to see on white, light enough for tile numbers
+    rgb, lab = rgb[keep], lab[keep]
+    nearest = np.linalg.norm(lab - _lab(np.ones((1, 3))), axis=1)
+    out = []
+    for _ in range(n):
+        i = int(np.argmax(nearest))
+        out.append("#" + "".join(f"{round(c * 255):02x}" for c in rgb[i]))
+        nearest = np.minimum(nearest, np.linalg.norm(lab - lab[i], axis=1))
+    return out
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (0..1) to CIELAB (D65)."""
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = lin @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
+    xyz /= np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
 
 
 def chip_svg(prog: Program, chip: dict[str, Any]) -> str:
@@ -47,15 +77,28 @@ def chip_svg(prog: Program, chip: dict[str, Any]) -> str:
             parts.append(f'<rect class="free" x="{x}" y="{y}" width="{_CELL}" height="{_CELL}" fill="#eee" '
                          f'stroke="#ccc"/>')
             continue
-        layers = sorted({s["layer"] for s in t["slices"]})
+        share: dict[str, int] = {}
+        for s in t["slices"]:
+            share[s["layer"]] = share.get(s["layer"], 0) + (s["rows"][1] - s["rows"][0]) * (s["cols"][1] - s["cols"][0])
+        layers = sorted(share, key=lambda n: (-share[n], n))  # the layer with most weights on the tile first
         tip = "\n".join(f'{s["matrix"]} rows {s["rows"][0]}:{s["rows"][1]} cols {s["cols"][0]}:{s["cols"][1]} '
                         f'({s["encoding"]}, slot {s["slot"]})' for s in t["slices"])
         opacity = 0.35 + 0.65 * t["utilisation"]
-        parts.append(f'<g><title>tile {i}, {t["encoding"]}, {t["utilisation"]:.1%} used\n{html.escape(tip)}</title>'
+        names = html.escape(", ".join(layers))
+        parts.append(f'<g><title>tile {i}, {t["encoding"]}, {t["utilisation"]:.1%} used, layers {names}\n'
+                     f'{html.escape(tip)}</title>'
                      f'<rect class="tile" data-chip="{chip["chip"]}" data-tile="{i}" data-encoding="{t["encoding"]}" '
                      f'data-utilisation="{t["utilisation"]}" data-layers="{html.escape(",".join(layers))}" '
                      f'x="{x}" y="{y}" width="{_CELL}" height="{_CELL}" fill="{color[layers[0]]}" '
                      f'fill-opacity="{opacity:.3f}" stroke="#333"/>')
+        if len(layers) > 1:  # a stripe per layer, as wide as its share of the tile's weights
+            total, left = sum(share.values()), float(x)
+            for n in layers:
+                w = _CELL * share[n] / total
+                parts.append(f'<rect class="layer" data-layer="{html.escape(n)}" x="{left:.2f}" y="{y}" '
+                             f'width="{w:.2f}" height="{_CELL}" fill="{color[n]}" fill-opacity="{opacity:.3f}" '
+                             f'pointer-events="none"/>')
+                left += w
         if t["encoding"] != hw.default_encoding:
             parts.append(f'<rect x="{x}" y="{y}" width="{_CELL}" height="{_CELL}" fill="url(#hatch)" '
                          f'pointer-events="none"/>')
@@ -142,8 +185,8 @@ def json_for_html(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_html(prog: Program, verify: dict[str, Any] | None = None) -> str:
-    """The whole report as one HTML document."""
+def render_html(prog: Program, verify: dict[str, Any] | None = None, source: str | None = None) -> str:
+    """The whole report as one HTML document, titled by the model file (else ``source``, else the graph's name)."""
     table = placement_table(prog)
     report = report_json(prog)
     s, en = table["summary"], report.get("energy") or {}
@@ -163,12 +206,15 @@ def render_html(prog: Program, verify: dict[str, Any] | None = None) -> str:
                      {x["layer"] for x in t["slices"]}})
     links = "".join(f"<tr><td>{html.escape(n)}</td><td>{int(v['bytes']):,}</td><td>{int(v['transfers'])}</td>"
                     f"<td>{v['busy_ns'] / 1e3:,.1f}</td></tr>" for n, v in table["links"].items())
-    body = [f"<h1>anac: {html.escape(prog.graph.name)} on {html.escape(prog.hardware.name)}</h1>",
+    model = prog.model_file or source or prog.graph.name
+    title = f"anac: {model} on {prog.hardware.name}"
+    body = [f"<h1>{html.escape(title)}</h1>",
             '<h2>Summary</h2><table id="summary">' + "".join(
                 f'<tr><th>{k}</th><td data-key="{k}">{v}</td></tr>' for k, v in rows) + "</table>",
             "<h2>Chips</h2><p>Tiles are coloured by layer and shaded by utilisation; hatched tiles use an "
-            "encoding other than the default (" + html.escape(prog.hardware.default_encoding) + "). Hover a tile "
-            "for its slices.</p>",
+            "encoding other than the default (" + html.escape(prog.hardware.default_encoding) + "); a tile "
+            "holding several layers shows a stripe per layer, as wide as its share of the tile's weights. Hover a "
+            "tile for its layers and slices.</p>",
             '<div class="chips">' + "".join(chip_svg(prog, c) for c in table["chips"]) + "</div>",
             '<p class="legend">' + " ".join(f'<span style="background:{_palette(prog)[n]}">&nbsp;&nbsp;&nbsp;</span> '
                                              f'{html.escape(n)}' for n in legend) + "</p>",
@@ -180,14 +226,15 @@ def render_html(prog: Program, verify: dict[str, Any] | None = None) -> str:
     body.append(f'<script type="application/json" id="report">{json_for_html(report)}</script>')
     style = ("body{font-family:sans-serif;margin:20px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
              "padding:3px 8px;text-align:left}.chips svg{margin:4px;border:1px solid #999}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>anac report</title><style>{style}</style>"
-            f"</head><body>{''.join(body)}{_SCRIPT}</body></html>")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}{_SCRIPT}</body></html>")
 
 
-def write_html(prog: Program, path: str | Path, verify: dict[str, Any] | None = None) -> Path:
+def write_html(prog: Program, path: str | Path, verify: dict[str, Any] | None = None,
+               source: str | None = None) -> Path:
     """Write the HTML report; return its path."""
     path = Path(path)
-    path.write_text(render_html(prog, verify))
+    path.write_text(render_html(prog, verify, source))
     return path
 
 

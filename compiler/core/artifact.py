@@ -58,6 +58,7 @@ def program_json(prog: Program) -> dict[str, Any]:
         "compiler": f"anac {__version__}",
         "model": prog.graph.name,
         "model_digest": prog.model_digest,
+        "model_file": prog.model_file,
         "inputs": [t.to_json() for t in prog.inputs],
         "outputs": [t.to_json() for t in prog.outputs],
         "options": prog.options,
@@ -400,6 +401,11 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
     if digest is not None and not isinstance(digest, str):
         raise TypeError(f"expected a string, got {type(digest).__name__}")
     prog.model_digest = digest
+    where[0] = "model_file"
+    model_file = data.get("model_file")
+    if model_file is not None and not isinstance(model_file, str):
+        raise TypeError(f"expected a string, got {type(model_file).__name__}")
+    prog.model_file = model_file
     slices = []
     where[0] = "slices"
     for i, s in enumerate(data["slices"]):

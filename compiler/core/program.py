@@ -136,6 +136,7 @@ class Program:
     outputs: list[TensorInfo]
     options: dict[str, Any] = field(default_factory=dict)
     model_digest: str | None = None  # anac.core.digest of the ONNX model compiled
+    model_file: str | None = None  # the name of the ONNX file compiled (None for an in-memory model)
     produced: set[str] = field(default_factory=lambda: {"graph"})
     # partition
     stages: list[Stage] | None = None

@@ -8,10 +8,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from anac.api import compile_model, load_program, report_json, save_program, summary
 from anac.cli import main
-from anac.htmlreport import render_html
+from anac.htmlreport import distinct_colours, render_html
 from anac.views import placement_table
 from click.testing import CliRunner
 
@@ -85,3 +86,40 @@ def test_a_headless_browser_draws_every_tile_and_task(programs: dict[str, Path],
     drawn = dict(re.findall(r'data-drawn-(tiles|tasks)="(\d+)"', dom))
     assert int(drawn["tiles"]) == len(prog.tiles_used())
     assert int(drawn["tasks"]) == len(prog.schedule["timeline"])
+
+
+def _lab(hexes: list[str]) -> np.ndarray:
+    """CIELAB of '#rrggbb' colours (an independent sRGB D65 conversion)."""
+    rgb = np.array([[int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)] for h in hexes])
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+                  [0.0193339, 0.1191920, 0.9503041]])
+    xyz = lin @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+@pytest.mark.parametrize("n", [8, 40, 100])
+def test_layer_colours_stay_distinct_for_many_layers(n: int) -> None:
+    colours = distinct_colours(n)
+    lab = _lab(colours)
+    d = np.linalg.norm(lab[:, None] - lab[None], axis=2) + np.eye(n) * 1e9
+    # CIE76 distance: about 2.3 is just noticeable; golden-angle hues at fixed lightness and saturation
+    # put pairs of 82 layers 1.2 apart, this palette keeps every pair of 100 layers more than 15 apart.
+    assert len(set(colours)) == n and d.min() > 15
+    assert all(25 < lightness < 88 for lightness in lab[:, 0])  # visible on white, tile numbers legible
+
+
+def test_report_is_titled_by_the_model_file_and_shows_every_layer_of_a_shared_tile(
+        programs: dict[str, Path], tmp_path: Path) -> None:
+    prog = load_program(programs["kws"])
+    page = render_html(prog)
+    assert "<title>anac: kws_mlp.onnx on ibm-pcm-14nm</title>" in page and "<h1>anac: kws_mlp.onnx on" in page
+    # tile 5 holds fc0's last rows and the head fc3: a stripe per layer, the larger share first
+    stripes = re.findall(r'<rect class="layer" data-layer="([^"]+)" x="([^"]+)" y="[^"]+" width="([^"]+)"', page)
+    assert [s[0] for s in stripes] == ["fc0", "fc3"]
+    assert abs(sum(float(s[2]) for s in stripes) - 46) < 0.05 and float(stripes[0][2]) > float(stripes[1][2])
+    assert re.search(r'data-tile="5"[^>]*data-layers="fc0,fc3"', page)
+    # a program compiled from an in-memory model is titled by the name given (the CLI: the program directory)
+    prog.model_file = None
+    assert "<title>anac: kws.anac on" in render_html(prog, source="kws.anac")
