@@ -134,8 +134,9 @@ def check(model: str | Path | onnx.ModelProto,
     analog = []
     for mvm in mvms.values():
         mats = [prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
+        zeros = prog.zero_block_weights(mvm.matrices)
         analog.append({"node": mvm.node, "op_type": mvm.op_type, "matrices": len(mats),
-                       "shape": list(mats[0].shape), "weights": sum(m.weights.size for m in mats)})
+                       "shape": list(mats[0].shape), "weights": sum(m.weights.size for m in mats) - zeros})
     fused = [{"node": m.activation["node"], "op_type": m.activation["op"], "into": m.node}
              for m in mvms.values() if m.activation]
     host = []

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from anac.api import compile_model, verify
+from anac.api import check, compile_model, report_json, verify
 from anac.core.artifact import summary
 from helpers import check_placement, const, make_model, node, tensor, weights
 
@@ -95,6 +95,11 @@ def test_grouped_convs_match_onnxruntime_packed_or_not(pack: bool, rng: np.rando
     n_matrices = len(prog.mvms["d"].matrices)
     assert n_matrices == (3 if pack else 120)  # 56 groups of 9 rows fit 512 rows: 120 groups in 3 packs
     assert (prog.zero_block_weights() > 0) == pack
+    assert prog.analog_weights == 120 * 8 + 120 * 9 + 120 * 30  # the zero blocks are no weights
+    layers = {r["node"]: r for r in report_json(prog)["layers"]}
+    assert layers["d"]["weights"] == 120 * 9 and (layers["d"]["zero_block_weights"] > 0) == pack
+    if pack:
+        assert {a["node"]: a["weights"] for a in check(model)["analog"]}["d"] == 120 * 9
     rep = verify(model, program=prog)
     assert rep.passed and max(o.rel_err for o in rep.outputs.values()) <= TOL
 

@@ -157,7 +157,9 @@ def report_json(prog: Program) -> dict[str, Any]:
         mats = [prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
         ids = set(mvm.matrices)
         sl = [s for s in prog.slices or [] if s.matrix in ids]
-        layers.append({"node": mvm.node, "op_type": mvm.op_type, "weights": sum(m.weights.size for m in mats),
+        zeros = prog.zero_block_weights(mvm.matrices)
+        layers.append({"node": mvm.node, "op_type": mvm.op_type, "weights": sum(m.weights.size for m in mats) - zeros,
+                       "zero_block_weights": zeros, "groups_per_matrix": mvm.params.get("groups_per_matrix", 1),
                        "matrices": len(mats), "shape": list(mats[0].shape), "encoding": mats[0].encoding,
                        "slices": len(sl), "tiles": len({(s.chip, s.tile) for s in sl})})
     return {**summary(prog), "layers": layers, "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},

@@ -26,7 +26,7 @@ class Matrix:
 
     id: str
     node: str  # the MVM it belongs to
-    group: int  # conv group index (0 for dense layers)
+    group: int  # conv group index (0 for dense layers); for packed groups the index of the pack
     weights: np.ndarray  # float32, K x N, C-contiguous
     encoding: str | None = None
     per_column: bool = False  # conductance scale per column, else one per slice (tile)
@@ -202,10 +202,11 @@ class Program:
         r = np.arange(rows[0], rows[1]) if m.kept_rows is None else m.kept_rows[rows[0]:rows[1]]
         return (r[:, None] // block[0]) == (np.arange(cols[0], cols[1])[None, :] // block[1])
 
-    def zero_block_weights(self) -> int:
-        """Cells of packed-group matrices outside their groups' blocks (zeros a crossbar stores)."""
+    def zero_block_weights(self, matrices: list[str] | None = None) -> int:
+        """Cells of packed-group matrices (of ``matrices``, default all) outside their groups' blocks."""
         total = 0
-        for mid, m in (self.matrices or {}).items():
+        for mid in (self.matrices or {}) if matrices is None else matrices:
+            m = self.matrices[mid]  # type: ignore[index]
             mask = self.block_mask(mid, (0, m.shape[0]), (0, m.shape[1]))
             if mask is not None:
                 total += int(mask.size - np.count_nonzero(mask))
