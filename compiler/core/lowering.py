@@ -40,7 +40,7 @@ def lower(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
     if isinstance(result, str):
         return result
     mvm, matrices = result
-    for m in matrices:
+    for m in matrices if mvm.kind != "conv" else []:  # a conv's kernel is checked whole, once
         check_finite(node, "weight", m.weights)
     if mvm.bias is not None:
         check_finite(node, "bias", mvm.bias)
@@ -186,6 +186,7 @@ def _lower_conv(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
         params["output_padding"] = [int(p) for p in node.attrs.get("output_padding", [0] * spatial)]
         if "output_shape" in node.attrs:
             params["output_shape"] = [int(d) for d in node.attrs["output_shape"]][-spatial:]
+    check_finite(node, "weight", w)
     n_g = c_out // group
     matrices = []
     for g in range(group):
