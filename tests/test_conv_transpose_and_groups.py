@@ -129,3 +129,16 @@ def test_packed_zero_blocks_are_never_programmed(rng: np.random.Generator) -> No
         if mask is not None:
             assert mask.sum() < mask.size and not read[s.id][~mask].any()  # no conductance off the blocks
             assert read[s.id][mask].any()
+
+
+def test_a_plan_packs_and_transposes_as_compile_does(rng: np.random.Generator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from anac.plan import plan_model
+    from helpers import save
+
+    for model in (_depthwise_block(rng, 120), _conv_transpose([1, 8, 5, 6], {"group": 8, "strides": [2, 2]})):
+        path = save(model, tmp_path)
+        compiled, planned = compile_model(path), plan_model(path)
+        assert [(s.matrix, s.rows, s.cols, s.chip, s.tile) for s in planned.slices] == \
+            [(s.matrix, s.rows, s.cols, s.chip, s.tile) for s in compiled.slices]
+        assert planned.zero_block_weights() == compiled.zero_block_weights()
+        assert planned.analog_weights == compiled.analog_weights
