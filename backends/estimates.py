@@ -47,6 +47,9 @@ def layer_sensitivity(prog: Program, inputs: Mapping[str, np.ndarray] | None = N
                                                 float(np.abs(m.weights).max()))
                 dev_rng = np.random.default_rng([seed, li, ei])
                 dev = ProgrammedDevices(model, targets.astype(np.float16), scale, enc, hw.device.g_max_us, dev_rng)
+                mask = prog.block_mask(m.id, (0, m.shape[0]), (0, m.shape[1]))
+                if mask is not None:  # cells between packed groups are never programmed
+                    dev.g = dev.g * mask[:, cols]
                 dev.set_reference(dev_rng)
                 w_hw = dev.weights_at(t, dev_rng, compensate=True)
                 ref = x @ w.astype(np.float64)
