@@ -80,12 +80,15 @@ class Partition:
                 level[out] = d
             node_level.append((node, d, analog))
         depth = max((d for _, d, _ in node_level), default=0)
+        at_level: list[list[tuple[Node, bool]]] = [[] for _ in range(depth + 1)]
+        for n, lv, a in node_level:
+            at_level[lv].append((n, a))
         groups: list[tuple[str, list[Node]]] = []
         for d in range(depth + 1):
             if d > 0:
-                groups.append(("analog", [n for n, lv, a in node_level if lv == d and a and n.name in mvms]))
-                groups += [("recurrent", [n]) for n, lv, a in node_level if lv == d and a and n.name in recurrent]
-            groups.append(("host", [n for n, lv, a in node_level if lv == d and not a]))
+                groups.append(("analog", [n for n, a in at_level[d] if a and n.name in mvms]))
+                groups += [("recurrent", [n]) for n, a in at_level[d] if a and n.name in recurrent]
+            groups.append(("host", [n for n, a in at_level[d] if not a]))
         groups = [(k, ns) for k, ns in groups if ns]
         prog.stages = _make_stages(graph, groups, [t.name for t in prog.outputs], mvms, recurrent)
         prog.mvms, prog.matrices, prog.recurrent = mvms, matrices, recurrent
@@ -220,16 +223,14 @@ def _activation(node: Node, graph: Graph) -> dict[str, Any] | None:
 
 def _make_stages(graph: Graph, groups: list[tuple[str, list[Node]]], graph_outputs: list[str],
                  mvms: dict[str, MVM], recurrent: dict[str, Recurrent]) -> list[Stage]:
-    read_after: list[set[str]] = []  # tensors read by stages after index i, plus graph outputs
-    later = set(graph_outputs)
-    for _, nodes in reversed(groups):
-        read_after.append(set(later))
+    last_read = dict.fromkeys(graph_outputs, len(groups))  # tensor -> index of the last group reading it
+    for i, (_, nodes) in enumerate(groups):
         for n in nodes:
-            later.update(node_reads(n))
-    read_after.reverse()
+            for t in node_reads(n):
+                last_read[t] = max(last_read.get(t, -1), i)
     stages = []
     counts = {"host": 0, "analog": 0, "recurrent": 0}
-    for (kind, nodes), needed in zip(groups, read_after, strict=True):
+    for i, (kind, nodes) in enumerate(groups):
         writes = [o for n in nodes for o in ([mvms[n.name].output] if kind == "analog" else n.outputs) if o]
         if kind == "recurrent":
             writes = [o for o in recurrent[nodes[0].name].outputs if o]
@@ -239,7 +240,7 @@ def _make_stages(graph: Graph, groups: list[tuple[str, list[Node]]], graph_outpu
             rec = recurrent[nodes[0].name]
             reads = [t for t in (rec.x, rec.sequence_lens, rec.initial_h, rec.initial_c) if t]
         inputs = [t for t in reads if t not in produced and t not in graph.constants]
-        outputs = [o for o in writes if o in needed]
+        outputs = [o for o in writes if last_read.get(o, -1) > i]  # read by a later stage or a graph output
         name = f"{kind}{counts[kind]}"
         counts[kind] += 1
         stage = Stage(name, kind, inputs, outputs, [n.name for n in nodes])

@@ -22,10 +22,11 @@ snake walk of the tile mesh keeps consecutive layers on neighbouring tiles.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 from anac.core.dataflow import layer_tiles, link_bytes, output_on_chip
 from anac.core.errors import AnacError, PlacementCapacityError
 from anac.core.program import Program, Slice
@@ -222,24 +223,24 @@ def lower_bound_tiles(prog: Program) -> int:
 
 def _pack(slices: list[Slice], rows: int, cols: int, encoding: str, min_cut: int) -> list[_Tile]:
     tiles: list[_Tile] = []
-    queue: list[Slice] = []
+    waiting: list[Slice] = []
     for s in slices:
         if s.n_rows == rows and s.n_cols == cols:
             s.row_offset, s.col_offset = 0, 0
             tiles.append(_Tile(encoding, [], [s]))
         else:
-            queue.append(s)
-    queue.sort(key=lambda s: (-s.n_rows, -s.n_cols, s.matrix, s.rows, s.cols))
+            waiting.append(s)
+    queue = deque(sorted(waiting, key=lambda s: (-s.n_rows, -s.n_cols, s.matrix, s.rows, s.cols)))
     current: _Tile | None = None
     while queue:
-        piece = queue.pop(0)
+        piece = queue.popleft()
         if current is None:
             current = _Tile(encoding, [(0, 0, rows, cols)])
             tiles.append(current)
         spot = _fit(current, piece, min_cut)
         if spot is None:
             current = None
-            queue.insert(0, piece)
+            queue.appendleft(piece)
             continue
         i, (r, c, h, w) = spot
         ph, pw = min(piece.n_rows, h), min(piece.n_cols, w)
@@ -259,7 +260,7 @@ def _pack(slices: list[Slice], rows: int, cols: int, encoding: str, min_cut: int
                               (piece.cols[0], piece.cols[0] + pw), piece.encoding))
         if piece.n_cols > pw:  # columns the tile could not take
             rest.append(Slice(-1, piece.matrix, piece.rows, (piece.cols[0] + pw, piece.cols[1]), piece.encoding))
-        queue[:0] = rest
+        queue.extendleft(reversed(rest))
     return tiles
 
 
@@ -276,13 +277,15 @@ def _fit(tile: _Tile, piece: Slice, min_cut: int) -> tuple[int, tuple[int, int, 
 
 
 def _assign_slots(slices: list[Slice]) -> None:
-    """Greedy time slots: slices sharing tile rows or columns run at different times."""
+    """Greedy time slots: slices sharing tile rows or columns run at different times (vectorised per slice)."""
+    r0 = np.array([s.row_offset for s in slices], dtype=np.int64)
+    c0 = np.array([s.col_offset for s in slices], dtype=np.int64)
+    r1 = r0 + np.array([s.n_rows for s in slices], dtype=np.int64)
+    c1 = c0 + np.array([s.n_cols for s in slices], dtype=np.int64)
+    slot = np.zeros(len(slices), dtype=np.int64)
     for i, s in enumerate(slices):
-        taken = {t.slot for t in slices[:i] if _shares_lines(s, t)}
-        s.slot = next(k for k in range(len(slices)) if k not in taken)
-
-
-def _shares_lines(a: Slice, b: Slice) -> bool:
-    rows = a.row_offset < b.row_offset + b.n_rows and b.row_offset < a.row_offset + a.n_rows  # type: ignore[operator]
-    cols = a.col_offset < b.col_offset + b.n_cols and b.col_offset < a.col_offset + a.n_cols  # type: ignore[operator]
-    return rows or cols
+        shares = ((r0[:i] < r1[i]) & (r0[i] < r1[:i])) | ((c0[:i] < c1[i]) & (c0[i] < c1[:i]))
+        taken = np.zeros(i + 1, dtype=bool)
+        taken[slot[:i][shares]] = True
+        slot[i] = int(np.argmin(taken))  # the first free slot (slot i is always free)
+        s.slot = int(slot[i])

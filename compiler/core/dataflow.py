@@ -47,6 +47,17 @@ def output_on_chip(prog: Program, mvm: MVM) -> bool:
     return prog.hardware.partial_sums == "chip" or single_row_block(prog, mvm)
 
 
+def outputs_on_chip(prog: Program) -> dict[str, bool]:
+    """``output_on_chip`` for every crossbar layer, in one pass over the slices."""
+    full = dict.fromkeys(prog.mvms or {}, True)
+    if prog.hardware.partial_sums != "chip":
+        for s in prog.slices or []:
+            m = prog.matrices[s.matrix]  # type: ignore[index]
+            if s.n_rows != m.shape[0]:
+                full[m.node] = False
+    return full
+
+
 def layer_tiles(prog: Program) -> dict[str, dict[tuple[int, int], list[int]]]:
     """{layer: {(chip, tile): [slice ids]}}."""
     out: dict[str, dict[tuple[int, int], list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -85,18 +96,30 @@ def route(hw_links_topology: str, chips: int, a: int, b: int) -> list[str]:
 
 
 def tasks(prog: Program) -> list[Task]:
-    """Every task of one inference, with its resources, duration and predecessors."""
+    """Every task of one inference, with its resources, duration and predecessors (linear in the program)."""
     hw, links = prog.hardware, prog.hardware.links
     chips = prog.chips_used or 0
     mvms = prog.mvms or {}
+    writer = {mv.output: mv.node for mv in mvms.values()}
     producer: dict[str, str] = {}  # tensor -> "host:<stage>" or "mvm:<layer>"
+    host_reads: set[str] = {t.name for t in prog.outputs}  # tensors the host (or the caller) reads
     for st in prog.stages or []:
+        if st.kind == "host":
+            host_reads.update(st.inputs)
         for t in st.outputs:
             if st.kind == "analog":
-                producer[t] = f"mvm:{_writer(prog, t)}"
+                producer[t] = f"mvm:{writer[t]}"
             else:  # host stages, and recurrent cells whose state updates run on the host
                 producer[t] = f"host:{st.name}"
     on_tiles = layer_tiles(prog)
+    on_chip = outputs_on_chip(prog)
+    cols_on: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # layer -> chip -> output columns
+    for s in prog.slices or []:
+        cols_on[prog.matrices[s.matrix].node][s.chip] += s.n_cols  # type: ignore[index]
+    by_recurrent: dict[str, list[str]] = defaultdict(list)
+    for m, mv in mvms.items():
+        if "recurrent" in mv.params:
+            by_recurrent[mv.params["recurrent"]].append(m)
     out: list[Task] = []
     ready_on_host: dict[str, list[str]] = {}  # tensor -> tasks after which it is on the host
     done_on_chip: dict[str, dict[int, list[str]]] = {}  # layer -> chip -> its MVM tasks there
@@ -121,8 +144,7 @@ def tasks(prog: Program) -> list[Task]:
         if st.kind == "recurrent":
             # Summarised per inference: each matrix of the cell runs once per step (its vectors), fed from and
             # returning to the host, which runs the gates of every step.
-            rec = prog.recurrent[st.nodes[0]]
-            layers = [m for m in mvms if mvms[m].params.get("recurrent") == rec.node]
+            layers = by_recurrent[prog.recurrent[st.nodes[0]].node]
             for m in layers:
                 ready_on_host[mvms[m].input] = [a for t in st.inputs for a in ready_on_host.get(t, [])]
         for node in layers:
@@ -133,17 +155,19 @@ def tasks(prog: Program) -> list[Task]:
             for key in sorted(tiles):
                 by_chip[key[0]].append(key)
             src_layer = producer.get(mvm.input, "")
-            chip_src = src_layer.startswith("mvm:") and output_on_chip(prog, mvms[src_layer[4:]])
+            chip_src = src_layer.startswith("mvm:") and on_chip[src_layer[4:]]
             in_bytes = traffic.get("in_elements", 0) * BYTES_PER_ELEMENT
             done_on_chip[node] = {}
             for chip, keys in sorted(by_chip.items()):
                 if chip_src:
                     after = []
+                    src_cols = cols_on[src_layer[4:]]
+                    total_cols = sum(src_cols.values())
                     for q, q_tasks in sorted(done_on_chip[src_layer[4:]].items()):
                         if q == chip:
                             after += q_tasks  # on-chip mesh: no link
                         else:
-                            share = _share(prog, src_layer[4:], q)
+                            share = src_cols[q] / total_cols if total_cols else 0.0  # its output columns on q
                             after.append(transfer(f"x:{src_layer[4:]}@{q}>{node}@{chip}", q, chip,
                                                   int(in_bytes * share), q_tasks).id)
                 else:
@@ -157,13 +181,13 @@ def tasks(prog: Program) -> list[Task]:
                                     hw.mvm_time_ns * max(1, traffic.get("vectors", 1)) * n_slices, list(after)))
                     ids.append(tid)
                 done_on_chip[node][chip] = ids
-            if _needed_on_host(prog, mvm):
+            if not on_chip[node] or "recurrent" in mvm.params or mvm.output in host_reads:
                 back = []
                 for chip, ids in sorted(done_on_chip[node].items()):
-                    cols = sum(prog.slices[i].n_cols for key in by_chip[chip] for i in tiles[key])  # type: ignore[index]
                     back.append(transfer(f"out:{node}<{chip}", chip, -1,
-                                         max(1, traffic.get("vectors", 1)) * cols * BYTES_PER_ELEMENT, ids).id)
-                if not single_row_block(prog, mvm) and prog.hardware.partial_sums == "host":
+                                         max(1, traffic.get("vectors", 1)) * cols_on[node][chip] * BYTES_PER_ELEMENT,
+                                         ids).id)
+                if not on_chip[node]:  # partial sums reduced on the host
                     out.append(Task(f"sum:{node}", "sum", ["host"],
                                     hw.host_ns_per_element * traffic.get("out_elements", 0), back))
                     back = [f"sum:{node}"]
@@ -177,28 +201,6 @@ def tasks(prog: Program) -> list[Task]:
             for t in st.outputs:
                 ready_on_host[t] = [f"host:{st.name}"]
     return out
-
-
-def _writer(prog: Program, tensor: str) -> str:
-    return next(m.node for m in (prog.mvms or {}).values() if m.output == tensor)
-
-
-def _share(prog: Program, layer: str, chip: int) -> float:
-    """The fraction of a layer's output columns computed on ``chip``."""
-    cols = defaultdict(int)
-    for s in prog.slices or []:
-        if prog.matrices[s.matrix].node == layer:  # type: ignore[index]
-            cols[s.chip] += s.n_cols
-    total = sum(cols.values())
-    return cols[chip] / total if total else 0.0
-
-
-def _needed_on_host(prog: Program, mvm: MVM) -> bool:
-    if not output_on_chip(prog, mvm) or "recurrent" in mvm.params:
-        return True
-    if mvm.output in {t.name for t in prog.outputs}:
-        return True
-    return any(st.kind == "host" and mvm.output in st.inputs for st in prog.stages or [])
 
 
 def link_bytes(prog: Program) -> dict[str, int]:

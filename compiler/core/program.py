@@ -263,13 +263,11 @@ def _verify_placement(prog: Program) -> None:
     for key, group in by_tile.items():
         if len({s.encoding for s in group}) > 1:
             raise AssertionError(f"tile {key} mixes encodings")
-        for i, a in enumerate(group):
-            for b in group[i + 1:]:
-                if _overlap(a.row_offset, a.n_rows, b.row_offset, b.n_rows) and \
-                        _overlap(a.col_offset, a.n_cols, b.col_offset, b.n_cols):
-                    raise AssertionError(f"slices {a.id} and {b.id} overlap on tile {key}")
-
-
-def _overlap(a0: int | None, an: int, b0: int | None, bn: int) -> bool:
-    assert a0 is not None and b0 is not None
-    return a0 < b0 + bn and b0 < a0 + an
+        if len(group) > 1:  # no two rectangles overlap: each slice against the later ones, vectorised
+            r0, c0 = (np.array([getattr(s, f) for s in group]) for f in ("row_offset", "col_offset"))
+            r1, c1 = r0 + np.array([s.n_rows for s in group]), c0 + np.array([s.n_cols for s in group])
+            for i in range(len(group) - 1):
+                hit = (r0[i + 1:] < r1[i]) & (r0[i] < r1[i + 1:]) & (c0[i + 1:] < c1[i]) & (c0[i] < c1[i + 1:])
+                if hit.any():
+                    other = group[i + 1 + int(np.argmax(hit))]
+                    raise AssertionError(f"slices {group[i].id} and {other.id} overlap on tile {key}")
