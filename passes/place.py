@@ -21,15 +21,18 @@ snake walk of the tile mesh keeps consecutive layers on neighbouring tiles.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from anac.core.dataflow import layer_tiles, link_bytes, output_on_chip
+from anac.core.dataflow import layer_tiles, link_bytes, outputs_on_chip
 from anac.core.errors import AnacError, PlacementCapacityError
 from anac.core.program import Program, Slice
+
+TERMS = list[tuple[str, str | None, int]]  # (layer, on-chip producer or None, input bytes): see traffic_terms
 
 
 @dataclass
@@ -48,7 +51,10 @@ class Place:
     produces: ClassVar[tuple[str, ...]] = ("placement",)
     min_cut: int = 16  # never cut a piece thinner than this many rows or columns to fill a gap
     solver: str = "cpsat"  # "cpsat" or "greedy" (tiles to chips in packing order)
-    time_limit_s: float = 5.0  # CP-SAT deterministic time limit (about as many seconds on this machine)
+    time_limit_s: float = 5.0  # cap on CP-SAT's deterministic time (about as many seconds on this machine)
+    seconds_per_var: float = 0.001  # CP-SAT's deterministic budget per tile-chip pair, up to the cap
+    max_vars: int = 4000  # tiles x chips above which chips are assigned in windows of ``block_chips``
+    block_chips: int = 2
     seed: int = 0
 
     def run(self, prog: Program) -> None:
@@ -79,14 +85,33 @@ class Place:
         greedy_bytes = _apply(prog, tiles, greedy)
         info: dict[str, Any] = {"greedy": {"chips": chips, "link_bytes": greedy_bytes}}
         if self.solver == "cpsat" and chips > 1:
-            chip_of, status, solve_s = assign_chips(prog, tiles, chips, greedy, self.time_limit_s, self.seed)
+            # Warm start: the better (in the model's traffic) of packing order and dataflow order.
+            terms = traffic_terms(prog)
+            start = min((greedy, dataflow_order(prog, tiles)), key=lambda c: proxy_cost(prog, tiles, c, terms))
+            t0 = time.perf_counter()
+            limit = 0.0
+            if proxy_cost(prog, tiles, start, terms) <= proxy_bound(prog, tiles, chips, terms):
+                chip_of, status, bound = start, "optimal (the warm start meets the lower bound)", 0
+                method = "tiles to chips in dataflow order, snake order on the mesh"
+            elif len(tiles) * chips <= self.max_vars:
+                limit = min(self.time_limit_s, max(0.05, self.seconds_per_var * len(tiles) * chips))
+                chip_of, status, bound = assign_chips(prog, tiles, chips, start, limit, self.seed, terms)
+                method = "CP-SAT tiles to chips, snake order on the mesh"
+            else:
+                limit = self.time_limit_s
+                chip_of, status, bound = assign_blocks(prog, tiles, start, self.block_chips, limit, self.seed, terms)
+                method = (f"CP-SAT on windows of {self.block_chips} consecutive chips in dataflow order "
+                          f"({len(tiles)} tiles x {chips} chips is over {self.max_vars}), snake order on the mesh")
+            solve_s = time.perf_counter() - t0
             cp_bytes = _apply(prog, tiles, chip_of)
-            info["solve_time_s"] = round(solve_s, 3)
             if cp_bytes > greedy_bytes:  # never worse than the greedy baseline
-                _apply(prog, tiles, greedy)
-                status, cp_bytes = "fallback (greedy was better)", greedy_bytes
-            info.update({"method": "CP-SAT tiles to chips, snake order on the mesh", "status": status,
-                         "link_bytes": cp_bytes})
+                chip_of, cp_bytes = greedy, _apply(prog, tiles, greedy)
+                status = "fallback (greedy was better)"
+            objective = proxy_cost(prog, tiles, chip_of, terms)
+            bound = min(objective, max(bound, proxy_bound(prog, tiles, chips, terms)))
+            info.update({"method": method, "status": status, "link_bytes": cp_bytes, "solve_time_s": round(solve_s, 3),
+                         "time_limit_s": round(limit, 3), "objective_bytes": objective, "bound_bytes": bound,
+                         "gap": round((objective - bound) / objective, 4) if objective else 0.0})
         else:
             info.update({"method": "greedy (packing order)", "status": "optimal" if chips <= 1 else "heuristic",
                          "link_bytes": greedy_bytes})
@@ -96,6 +121,17 @@ class Place:
         prog.placement_info = {**info, "tiles": len(tiles), "lower_bound_tiles": lower_bound_tiles(prog),
                                "time_multiplexed_tiles": sum(v > 1 for v in per_tile.values()),
                                "mesh_distance": mesh_distance(prog)}
+
+
+def dataflow_order(prog: Program, tiles: list[_Tile]) -> list[int]:
+    """Tiles to chips in the order of the layers they hold, each chip filled before the next."""
+    order = {mid: i for i, mid in enumerate(prog.matrices or {})}
+    rank = sorted(range(len(tiles)), key=lambda i: (min(order[s.matrix] for s in tiles[i].slices),
+                                                    max(order[s.matrix] for s in tiles[i].slices), i))
+    chip_of = [0] * len(tiles)
+    for pos, i in enumerate(rank):
+        chip_of[i] = pos // prog.hardware.tiles_per_chip
+    return chip_of
 
 
 def _apply(prog: Program, tiles: list[_Tile], chip_of: list[int]) -> int:
@@ -119,82 +155,147 @@ def _apply(prog: Program, tiles: list[_Tile], chip_of: list[int]) -> int:
     return link_bytes(prog)["total"]
 
 
-def assign_chips(prog: Program, tiles: list[_Tile], chips: int, hint: list[int], time_limit_s: float,
-                 seed: int) -> tuple[list[int], str, float]:
+def assign_chips(prog: Program, tiles: list[Any], chips: int, hint: list[int], time_limit_s: float,
+                 seed: int, terms: TERMS | None = None) -> tuple[list[int], str, int]:
     """CP-SAT: each packed tile to a chip, at most tiles_per_chip per chip, minimising the bytes on links.
 
     Linear model of the traffic: a layer fed from the host costs its input bytes
     on every chip it occupies; a layer fed by an analog layer costs the
     producer's output bytes on every chip where it sits without its producer.
+    Only the layers on ``tiles`` count, and a producer on none of them counts
+    as elsewhere (so a block of tiles on its own chips is solved exactly).
+    Returns the assignment (``hint`` when CP-SAT finds nothing better), the
+    status and CP-SAT's lower bound on the objective.
     """
     from ortools.sat.python import cp_model
 
     hw = prog.hardware
-    layers = list(prog.mvms or {})
     holds: dict[str, set[int]] = defaultdict(set)
     for ti, t in enumerate(tiles):
         for s in t.slices:
             holds[prog.matrices[s.matrix].node].add(ti)  # type: ignore[index]
+    # Symmetry: chips are interchangeable, so the first tile goes on chip 0 (the hint renumbered to match).
+    swap = {0: hint[0], hint[0]: 0}
+    hint = [swap.get(c, c) for c in hint]
     m = cp_model.CpModel()
     y = {(t, c): m.new_bool_var(f"y{t}_{c}") for t in range(len(tiles)) for c in range(chips)}
+    m.add(y[0, 0] == 1)
     for t in range(len(tiles)):
         m.add_exactly_one(y[t, c] for c in range(chips))
-        m.add_hint(y[t, hint[t]], True)
+        for c in range(chips):
+            m.add_hint(y[t, c], hint[t] == c)
     for c in range(chips):
         m.add(sum(y[t, c] for t in range(len(tiles))) <= hw.tiles_per_chip)
-    z = {(n, c): m.new_bool_var(f"z{i}_{c}") for i, n in enumerate(layers) for c in range(chips)}
-    for n in layers:
+    z = {(n, c): m.new_bool_var(f"z{i}_{c}") for i, n in enumerate(holds) for c in range(chips)}
+    for n, held in holds.items():
         for c in range(chips):
-            for t in holds[n]:
+            for t in held:
                 m.add_implication(y[t, c], z[n, c])
-            m.add_bool_or([y[t, c] for t in holds[n]] + [z[n, c].Not()])
+            m.add_bool_or([y[t, c] for t in held] + [z[n, c].Not()])
+            m.add_hint(z[n, c], any(hint[t] == c for t in held))
     cost = []
-    for n, p, nbytes in traffic_terms(prog):
-        if p is not None:
+    for n, p, nbytes in terms if terms is not None else traffic_terms(prog):
+        if n not in holds or not nbytes:
+            continue
+        if p in holds:
             for c in range(chips):
                 cross = m.new_bool_var(f"x{n}_{c}")
                 m.add(cross >= z[n, c] - z[p, c])
                 cost.append(nbytes * cross)
         else:
             cost.extend(nbytes * z[n, c] for c in range(chips))
-    # Symmetry: chips are interchangeable, so the first tile goes on chip 0.
-    m.add(y[0, 0] == 1)
     m.minimize(sum(cost))
     solver = cp_model.CpSolver()
     solver.parameters.max_deterministic_time = time_limit_s
     solver.parameters.random_seed = seed
     solver.parameters.num_workers = 1  # one worker and a deterministic limit: the same answer on every run
-    t0 = time.perf_counter()
     status = solver.solve(m)
-    elapsed = time.perf_counter() - t0
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return hint, "fallback (no CP-SAT solution in the time limit)", elapsed
+        return hint, "fallback (no CP-SAT solution in the time limit)", 0
     chip_of = [next(c for c in range(chips) if solver.value(y[t, c])) for t in range(len(tiles))]
     if status == cp_model.OPTIMAL:
-        return chip_of, "optimal", elapsed
-    obj, bound = solver.objective_value, solver.best_objective_bound
-    return chip_of, f"feasible (gap {0.0 if obj == 0 else (obj - bound) / obj:.4f})", elapsed
+        return chip_of, "optimal", int(solver.objective_value)
+    return chip_of, "feasible (CP-SAT time limit; see gap)", int(math.ceil(solver.best_objective_bound))
 
 
-def traffic_terms(prog: Program) -> list[tuple[str, str | None, int]]:
+def assign_blocks(prog: Program, tiles: list[_Tile], start: list[int], block: int, time_limit_s: float,
+                  seed: int, terms: TERMS) -> tuple[list[int], str, int]:
+    """Decomposition for hundreds of chips: windows of ``block`` consecutive chips of ``start``, each window's
+    tiles reassigned among its own chips by CP-SAT; two sweeps, the second with windows shifted by half a
+    window so that every boundary between chips is inside some window. The time limit is shared evenly.
+
+    The traffic model is a sum over chips, so with the tiles of a window fixed the windows are independent
+    and each is solved against its exact share of the objective (a window keeps its result only if it is
+    no worse); what the decomposition gives up is moving tiles between windows. ``start`` in dataflow order
+    keeps consecutive layers in one window, which for a chain is where they belong. Returns the assignment,
+    the status and 0 (the caller bounds the whole with proxy_bound).
+    """
+    chips = max(start) + 1
+    tpc = prog.hardware.tiles_per_chip
+    windows = [(lo, min(lo + block, chips)) for shift in (0, block // 2) for lo in range(shift, chips, block)]
+    windows = [w for w in windows if w[1] - w[0] > 1]
+    chip_of = list(start)
+    proven = 0
+    for lo, hi in windows:
+        members = [i for i, c in enumerate(chip_of) if lo <= c < hi]
+        sub = [tiles[i] for i in members]
+        hint = [chip_of[i] - lo for i in members]
+        before = proxy_cost(prog, sub, hint, terms)
+        if hi - lo == -(-len(sub) // tpc) and before <= proxy_bound(prog, sub, hi - lo, terms):
+            proven += 1  # the window already meets its bound
+            continue
+        got, status, _ = assign_chips(prog, sub, hi - lo, hint, max(0.01, time_limit_s / len(windows)), seed, terms)
+        proven += status == "optimal"
+        if proxy_cost(prog, sub, got, terms) <= before:
+            for i, c in zip(members, got, strict=True):
+                chip_of[i] = lo + c
+    return chip_of, f"decomposed ({proven} of {len(windows)} windows of {block} chips optimal)", 0
+
+
+def traffic_terms(prog: Program) -> TERMS:
     """(layer, on-chip producer or None for the host, input bytes) for every crossbar layer."""
     mvms = prog.mvms or {}
     producer = {mv.output: mv.node for mv in mvms.values()}
+    on_chip = outputs_on_chip(prog)
     out = []
     for mv in mvms.values():
         p = producer.get(mv.input)
-        on_chip = p is not None and output_on_chip(prog, mvms[p])
-        out.append((mv.node, p if on_chip else None, mv.params.get("traffic", {}).get("in_elements", 0)))
+        out.append((mv.node, p if p is not None and on_chip[p] else None,
+                    mv.params.get("traffic", {}).get("in_elements", 0)))
     return out
 
 
-def proxy_cost(prog: Program, tiles: list[Any], chip_of: list[int]) -> int:
+def proxy_cost(prog: Program, tiles: list[Any], chip_of: list[int], terms: TERMS | None = None) -> int:
     """The linear traffic model assign_chips minimises, for one assignment of tiles to chips."""
+    terms = terms if terms is not None else traffic_terms(prog)
     on: dict[str, set[int]] = defaultdict(set)
     for t, c in zip(tiles, chip_of, strict=True):
         for s in t.slices:
             on[prog.matrices[s.matrix].node].add(c)  # type: ignore[index]
-    return sum(nbytes * (len(on[n] - on[p]) if p is not None else len(on[n])) for n, p, nbytes in traffic_terms(prog))
+    return sum(nbytes * (len(on[n] - on[p]) if p is not None else len(on[n])) for n, p, nbytes in terms
+               if n in on)
+
+
+def proxy_bound(prog: Program, tiles: list[Any], chips: int, terms: TERMS | None = None) -> int:
+    """A lower bound on ``proxy_cost`` over every assignment of ``tiles`` to ``chips`` full-as-needed chips.
+
+    A layer fed from the host costs its input bytes on each of the at least
+    ceil(its tiles / tiles per chip) chips it spans. Every chip is used
+    (chips = ceil(tiles / tiles per chip)), and on each chip the first layer
+    in dataflow order that it holds costs its input bytes there (its producer,
+    earlier, is not on that chip); chips beyond those the host-fed layers must
+    span cost at least the smallest input of any layer.
+    """
+    count: dict[str, int] = defaultdict(int)
+    for t in tiles:
+        for n in {prog.matrices[s.matrix].node for s in t.slices}:  # type: ignore[index]
+            count[n] += 1
+    terms = [(n, p, nbytes) for n, p, nbytes in (terms if terms is not None else traffic_terms(prog)) if count[n]]
+    if not terms:
+        return 0
+    spans = {n: -(-count[n] // prog.hardware.tiles_per_chip) for n, p, _ in terms if p is None}
+    fed = sum(nbytes * spans[n] for n, p, nbytes in terms if p is None)
+    return fed + max(0, chips - sum(spans.values())) * min(nbytes for _, _, nbytes in terms)
 
 
 def mesh_distance(prog: Program) -> float:
@@ -203,10 +304,11 @@ def mesh_distance(prog: Program) -> float:
     where = layer_tiles(prog)
     mvms = prog.mvms or {}
     producer = {mv.output: mv.node for mv in mvms.values()}
+    on_chip = outputs_on_chip(prog)
     total = 0.0
     for mv in mvms.values():
         p = producer.get(mv.input)
-        if p is None or not output_on_chip(prog, mvms[p]):
+        if p is None or not on_chip[p]:
             continue
         nbytes = mv.params.get("traffic", {}).get("in_elements", 0)
         for (c1, t1) in where[p]:
