@@ -219,37 +219,54 @@ def assign_chips(prog: Program, tiles: list[Any], chips: int, hint: list[int], t
 
 
 def assign_blocks(prog: Program, tiles: list[_Tile], start: list[int], block: int, time_limit_s: float,
-                  seed: int, terms: TERMS) -> tuple[list[int], str, int]:
+                  seed: int, terms: TERMS, max_windows: int = 64) -> tuple[list[int], str, int]:
     """Decomposition for hundreds of chips: windows of ``block`` consecutive chips of ``start``, each window's
     tiles reassigned among its own chips by CP-SAT; two sweeps, the second with windows shifted by half a
-    window so that every boundary between chips is inside some window. The time limit is shared evenly.
+    window so that every boundary between chips is inside some window.
 
     The traffic model is a sum over chips, so with the tiles of a window fixed the windows are independent
     and each is solved against its exact share of the objective (a window keeps its result only if it is
     no worse); what the decomposition gives up is moving tiles between windows. ``start`` in dataflow order
-    keeps consecutive layers in one window, which for a chain is where they belong. Returns the assignment,
+    keeps consecutive layers in one window, which for a chain is where they belong. Per sweep, at most
+    ``max_windows`` / 2 windows go to CP-SAT: those farthest above their own lower bound (a window that
+    meets it is optimal as it is); the time limit is shared evenly between them. Returns the assignment,
     the status and 0 (the caller bounds the whole with proxy_bound).
     """
     chips = max(start) + 1
     tpc = prog.hardware.tiles_per_chip
-    windows = [(lo, min(lo + block, chips)) for shift in (0, block // 2) for lo in range(shift, chips, block)]
-    windows = [w for w in windows if w[1] - w[0] > 1]
     chip_of = list(start)
-    proven = 0
-    for lo, hi in windows:
-        members = [i for i, c in enumerate(chip_of) if lo <= c < hi]
-        sub = [tiles[i] for i in members]
-        hint = [chip_of[i] - lo for i in members]
-        before = proxy_cost(prog, sub, hint, terms)
-        if hi - lo == -(-len(sub) // tpc) and before <= proxy_bound(prog, sub, hi - lo, terms):
-            proven += 1  # the window already meets its bound
-            continue
-        got, status, _ = assign_chips(prog, sub, hi - lo, hint, max(0.01, time_limit_s / len(windows)), seed, terms)
-        proven += status == "optimal"
-        if proxy_cost(prog, sub, got, terms) <= before:
-            for i, c in zip(members, got, strict=True):
-                chip_of[i] = lo + c
-    return chip_of, f"decomposed ({proven} of {len(windows)} windows of {block} chips optimal)", 0
+    on: dict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(chip_of):
+        on[c].append(i)
+    solved = proven = total = 0
+    for shift in (0, block // 2):
+        windows = [(lo, min(lo + block, chips)) for lo in range(shift, chips, block) if min(lo + block, chips) - lo > 1]
+        excess = []
+        for lo, hi in windows:
+            members = [i for c in range(lo, hi) for i in on[c]]
+            sub = [tiles[i] for i in members]
+            cost = proxy_cost(prog, sub, [chip_of[i] - lo for i in members], terms)
+            full = hi - lo == -(-len(sub) // tpc)  # proxy_bound assumes every chip of the window is needed
+            excess.append((cost - proxy_bound(prog, sub, hi - lo, terms) if full else cost, lo, hi))
+        total += len(windows)
+        chosen = sorted(sorted(w for w in excess if w[0] > 0)[::-1][:max_windows // 2], key=lambda w: w[1])
+        proven += len(windows) - sum(w[0] > 0 for w in excess)  # windows that meet their bound
+        for _, lo, hi in chosen:
+            members = [i for c in range(lo, hi) for i in on[c]]
+            sub = [tiles[i] for i in members]
+            hint = [chip_of[i] - lo for i in members]
+            got, status, _ = assign_chips(prog, sub, hi - lo, hint, max(0.01, time_limit_s / max_windows), seed,
+                                          terms)
+            solved += 1
+            proven += status == "optimal"
+            if proxy_cost(prog, sub, got, terms) <= proxy_cost(prog, sub, hint, terms):
+                for c in range(lo, hi):
+                    on[c] = []
+                for i, c in zip(members, got, strict=True):
+                    chip_of[i] = lo + c
+                    on[lo + c].append(i)
+    return chip_of, (f"decomposed: {total} windows of {block} chips, {solved} solved by CP-SAT, "
+                     f"{proven} optimal"), 0
 
 
 def traffic_terms(prog: Program) -> TERMS:
@@ -380,6 +397,9 @@ def _fit(tile: _Tile, piece: Slice, min_cut: int) -> tuple[int, tuple[int, int, 
 
 def _assign_slots(slices: list[Slice]) -> None:
     """Greedy time slots: slices sharing tile rows or columns run at different times (vectorised per slice)."""
+    if len(slices) == 1:
+        slices[0].slot = 0
+        return
     r0 = np.array([s.row_offset for s in slices], dtype=np.int64)
     c0 = np.array([s.col_offset for s in slices], dtype=np.int64)
     r1 = r0 + np.array([s.n_rows for s in slices], dtype=np.int64)

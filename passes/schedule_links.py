@@ -54,9 +54,11 @@ class ScheduleLinks:
         head, tail, bound = lower_bound(work, dur)
         # Dataflow order, then two critical-path priorities (longest tail first; smallest head - tail first):
         # the shortest of the three is the warm start (and the answer when it meets the bound).
-        greedy, greedy_latency = _best([list_schedule(work, dur)] + [
-            list_schedule(work, dur, prio) for prio in ({k: -v for k, v in tail.items()},
-                                                        {k: head[k] - tail[k] for k in dur})], dur)
+        greedy, greedy_latency = _best([list_schedule(work, dur)], dur)
+        if greedy_latency > bound:
+            greedy, greedy_latency = _best([greedy] + [
+                list_schedule(work, dur, prio) for prio in ({k: -v for k, v in tail.items()},
+                                                            {k: head[k] - tail[k] for k in dur})], dur)
         starts, latency, solve_s, limit = greedy, greedy_latency, 0.0, 0.0
         if greedy_latency <= bound:
             status = "optimal (list schedule meets the lower bound)"
