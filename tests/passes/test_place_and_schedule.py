@@ -105,7 +105,8 @@ def test_schedule_invariants_multi_chip(rng: np.random.Generator, topology: str)
 def test_schedule_invariants_on_a_cnn_and_transfers_cross_chips(rng: np.random.Generator) -> None:
     prog = compile_model(LIGHT / "light_squeezenet.onnx")
     _check_schedule(prog)
-    assert prog.schedule["status"] in ("optimal",) or prog.schedule["status"].startswith(("feasible", "fallback"))
+    assert prog.schedule["status"].startswith(("optimal", "within", "feasible", "fallback"))
+    assert prog.schedule["bound_ns"] <= prog.schedule["latency_ns"]
 
 
 def test_chip_to_chip_transfers_for_an_on_chip_chain(rng: np.random.Generator) -> None:
