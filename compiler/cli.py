@@ -172,8 +172,11 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
     prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape), batch=batch,
                            options=options, dump_dir=dump_dir, calibration_data=calib)
     s = summary(prog)
+    p, sched = prog.placement_info or {}, prog.schedule or {}
+    solved = {"placement": {k: p[k] for k in ("method", "status", "link_bytes", "bound_bytes", "gap") if k in p},
+              "schedule": {k: sched[k] for k in ("status", "latency_ns", "bound_ns", "gap") if k in sched}}
     if as_json:
-        _json_out({**s, "output": str(out)})
+        _json_out({**s, **solved, "output": str(out)})
         return
     click.echo(f"wrote {out}")
     click.echo(f"  {s['analog_nodes']} analog nodes, {s['weights']:,} weights in {s['slices']} slices on "
@@ -188,6 +191,12 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
         click.echo(f"  grouped convs packed block-diagonally: {s['zero_block_weights']:,} zero-block cells "
                    f"between the groups ({s['zero_block_weights'] / (s['weights'] + s['zero_block_weights']):.1%} "
                    f"of the weight cells on crossbars)")
+    if "link_bytes" in p:
+        gap = f", gap {p['gap']:.1%} to a bound of {p['bound_bytes']:,}" if "gap" in p else ""
+        click.echo(f"  placement: {p['status']}; {p['link_bytes']:,} bytes on links per inference{gap}")
+    if "latency_ns" in sched:
+        click.echo(f"  schedule: {sched['status']}; latency {sched['latency_ns'] / 1e3:,.1f} us, "
+                   f"gap {sched.get('gap', 0.0):.1%} to a bound of {sched.get('bound_ns', 0) / 1e3:,.1f} us")
 
 
 @main.command("plan")
