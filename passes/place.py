@@ -52,8 +52,8 @@ class Place:
     min_cut: int = 16  # never cut a piece thinner than this many rows or columns to fill a gap
     solver: str = "cpsat"  # "cpsat" or "greedy" (tiles to chips in packing order)
     time_limit_s: float = 5.0  # cap on CP-SAT's deterministic time (about as many seconds on this machine)
-    seconds_per_var: float = 0.001  # CP-SAT's deterministic budget per tile-chip pair, up to the cap
-    max_vars: int = 4000  # tiles x chips above which chips are assigned in windows of ``block_chips``
+    seconds_per_var: float = 0.0005  # CP-SAT's deterministic budget per tile-chip pair, up to the cap
+    max_vars: int = 1000  # tiles x chips above which chips are assigned in windows of ``block_chips``
     block_chips: int = 2
     seed: int = 0
 

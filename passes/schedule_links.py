@@ -10,8 +10,9 @@ minimised.
 List schedules come first (dataflow order, and two critical-path
 priorities: longest tail first, smallest head minus tail first), with a
 lower bound on any schedule's makespan: the longest dataflow path, and per
-resource the earliest any of its tasks can start, plus all its work, plus
-the shortest dataflow tail after it (head-body-tail). When the best list
+resource the makespan of Jackson's preemptive schedule of its tasks with
+their heads and tails (at least the earliest head plus all its work plus
+the shortest tail after it). When the best list
 schedule meets the bound (a chain, or no contention that delays the
 critical path) it is optimal and CP-SAT is not run; nor is it when the list
 schedule is within ``gap_limit`` (2 %) of the bound. Otherwise CP-SAT starts
@@ -45,7 +46,7 @@ class ScheduleLinks:
     requires: ClassVar[tuple[str, ...]] = ("placement",)
     produces: ClassVar[tuple[str, ...]] = ("schedule",)
     time_limit_s: float = 5.0  # cap on CP-SAT's deterministic time limit
-    seconds_per_task: float = 0.0005  # CP-SAT's deterministic budget per task, up to the cap
+    seconds_per_task: float = 0.0001  # CP-SAT's deterministic budget per task, up to the cap
     gap_limit: float = 0.02  # a schedule within this fraction of the lower bound is good enough (CP-SAT not run)
     max_tasks: int = 5000  # beyond this, the best list schedule alone (with its bound and gap)
     seed: int = 0
@@ -120,6 +121,9 @@ class ScheduleLinks:
         solver = cp_model.CpSolver()
         solver.parameters.max_deterministic_time = limit
         solver.parameters.relative_gap_limit = self.gap_limit
+        # No LP relaxation: building it for hundreds of intervals takes seconds and its bound is no better than
+        # what the scheduling propagators (precedences, NoOverlap) prove here.
+        solver.parameters.linearization_level = 0
         solver.parameters.random_seed = self.seed
         solver.parameters.num_workers = 1  # one worker and a deterministic limit: the same answer on every run
         t0 = time.perf_counter()
@@ -176,8 +180,10 @@ def lower_bound(work: list[Task], dur: dict[str, int]) -> tuple[dict[str, int], 
     """Heads (earliest starts), tails (longest dataflow path from a task's start to the end) and a makespan bound.
 
     The bound is the larger of the longest dataflow path and, per resource,
-    the smallest head of its tasks + their total duration + their smallest
-    tail after them: no schedule can be shorter.
+    the makespan of Jackson's preemptive schedule of its tasks (each released
+    at its head, followed by its tail after it ends): the optimum of that
+    resource alone with preemption allowed, so no schedule can be shorter.
+    It is at least the resource's smallest head + total work + smallest tail.
     """
     head: dict[str, int] = {}
     for t in work:
@@ -188,15 +194,35 @@ def lower_bound(work: list[Task], dur: dict[str, int]) -> tuple[dict[str, int], 
             after_end[a] = max(after_end[a], dur[t.id] + after_end[t.id])
     tail = {k: dur[k] + v for k, v in after_end.items()}
     bound = max((head[k] + tail[k] for k in dur), default=0)
-    first: dict[str, int] = {}
-    body: dict[str, int] = defaultdict(int)
-    last: dict[str, int] = {}
+    on: dict[str, list[str]] = defaultdict(list)
     for t in work:
         for r in t.resources:
-            first[r] = min(first.get(r, head[t.id]), head[t.id])
-            body[r] += dur[t.id]
-            last[r] = min(last.get(r, after_end[t.id]), after_end[t.id])
-    return head, tail, max([bound] + [first[r] + body[r] + last[r] for r in body])
+            on[r].append(t.id)
+    for ids in on.values():
+        if len(ids) > 1:
+            bound = max(bound, _jackson(sorted((head[k], dur[k], after_end[k]) for k in ids)))
+    return head, tail, bound
+
+
+def _jackson(jobs: list[tuple[int, int, int]]) -> int:
+    """Makespan of Jackson's preemptive schedule of (release, duration, tail) jobs sorted by release: at every
+    moment the released job with the longest tail runs; each job ends at its completion plus its tail."""
+    ready: list[tuple[int, int]] = []  # (-tail, remaining)
+    t = best = i = 0
+    while i < len(jobs) or ready:
+        if not ready:
+            t = max(t, jobs[i][0])
+        while i < len(jobs) and jobs[i][0] <= t:
+            heapq.heappush(ready, (-jobs[i][2], jobs[i][1]))
+            i += 1
+        neg_tail, remaining = heapq.heappop(ready)
+        run = remaining if i == len(jobs) else min(remaining, jobs[i][0] - t)
+        t += run
+        if run < remaining:
+            heapq.heappush(ready, (neg_tail, remaining - run))
+        else:
+            best = max(best, t - neg_tail)
+    return best
 
 
 def _best(schedules: list[dict[str, int]], dur: dict[str, int]) -> tuple[dict[str, int], int]:

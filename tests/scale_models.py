@@ -105,3 +105,58 @@ def matmul_stack(dims: Sequence[int], batch: int = 1, hardware: HardwareSpec | N
     prog.assignment = {"status": "default encoding"}
     prog.produced.update({"partition", "pruning", "encodings"})
     return prog
+
+
+def vit_b16(seed: int = 0, classes: int = 1000, image: int = 224, layers: int = 12) -> onnx.ModelProto:
+    """ViT-B/16's shapes (patch 16, width 768, 12 heads, MLP 3072), as the torch exporter writes it: MatMul + Add
+    per linear layer, LayerNormalization, Erf GELU; random weights; input [1, 3, H, W]."""
+    rng = np.random.default_rng(seed)
+    d, heads, mlp, patches = 768, 12, 3072, (image // 16) ** 2
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(kind: str, inputs: list[str], name: str, **attrs: object) -> str:
+        nodes.append(helper.make_node(kind, inputs, [name], name=name, **attrs))
+        return name
+
+    def linear(x: str, k: int, n: int, name: str) -> str:
+        w = const(f"{name}.w", (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32))
+        return op("Add", [op("MatMul", [x, w], f"{name}.mm"), const(f"{name}.b", np.zeros(n, np.float32))], name)
+
+    def norm(x: str, name: str) -> str:
+        return op("LayerNormalization", [x, const(f"{name}.g", np.ones(d, np.float32)),
+                                         const(f"{name}.b", np.zeros(d, np.float32))], name, axis=-1)
+
+    w = const("patch.w", (rng.standard_normal((d, 3, 16, 16)) / np.sqrt(768)).astype(np.float32))
+    x = op("Conv", ["x", w, const("patch.b", np.zeros(d, np.float32))], "patch", kernel_shape=[16, 16],
+           strides=[16, 16])
+    x = op("Transpose", [op("Reshape", [x, const("shape.tokens", np.array([1, d, patches]))], "flat")], "tokens",
+           perm=[0, 2, 1])
+    x = op("Concat", [const("cls", (0.02 * rng.standard_normal((1, 1, d))).astype(np.float32)), x], "with_cls", axis=1)
+    x = op("Add", [x, const("pos", (0.02 * rng.standard_normal((1, patches + 1, d))).astype(np.float32))], "embed")
+    split = const("shape.heads", np.array([1, patches + 1, heads, d // heads]))
+    merge = const("shape.merge", np.array([1, patches + 1, d]))
+    scale = const("scale", np.array(1 / np.sqrt(d // heads), np.float32))
+    for i in range(layers):
+        h = norm(x, f"l{i}.ln1")
+        q, k, v = (op("Reshape", [linear(h, d, d, f"l{i}.{n}"), split], f"l{i}.{n}.heads") for n in "qkv")
+        q = op("Transpose", [q], f"l{i}.qT", perm=[0, 2, 1, 3])
+        k = op("Transpose", [k], f"l{i}.kT", perm=[0, 2, 3, 1])
+        v = op("Transpose", [v], f"l{i}.vT", perm=[0, 2, 1, 3])
+        att = op("Softmax", [op("Mul", [op("MatMul", [q, k], f"l{i}.qk"), scale], f"l{i}.scaled")], f"l{i}.att",
+                 axis=-1)
+        o = op("Transpose", [op("MatMul", [att, v], f"l{i}.av")], f"l{i}.oT", perm=[0, 2, 1, 3])
+        x = op("Add", [x, linear(op("Reshape", [o, merge], f"l{i}.o"), d, d, f"l{i}.proj")], f"l{i}.res1")
+        h = linear(norm(x, f"l{i}.ln2"), d, mlp, f"l{i}.fc1")
+        gelu = op("Mul", [op("Mul", [h, op("Add", [op("Erf", [op("Div", [h, const(f"l{i}.sqrt2", np.array(
+            np.sqrt(2), np.float32))], f"l{i}.div")], f"l{i}.erf"), const(f"l{i}.one", np.array(1, np.float32))],
+            f"l{i}.erf1")], f"l{i}.gelu0"), const(f"l{i}.half", np.array(0.5, np.float32))], f"l{i}.gelu")
+        x = op("Add", [x, linear(gelu, mlp, d, f"l{i}.fc2")], f"l{i}.res2")
+    cls = op("Gather", [norm(x, "ln"), const("zero", np.array(0))], "cls_token", axis=1)
+    op("Gemm", [cls, const("head.w", (rng.standard_normal((classes, d)) / np.sqrt(d)).astype(np.float32)),
+                const("head.b", np.zeros(classes, np.float32))], "logits", transB=1)
+    return _model(nodes, "x", [1, 3, image, image], "logits", [1, classes], inits, "vit_b16")

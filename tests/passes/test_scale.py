@@ -154,3 +154,23 @@ def test_bound_and_gap_reach_program_json(tmp_path: Path) -> None:
         assert key in data["placement"], key
     for key in ("status", "bound_ns", "gap", "time_limit_s", "tasks"):
         assert key in data["schedule"], key
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_schedule_lower_bound_never_exceeds_the_cpsat_optimum_on_random_dags(seed: int) -> None:
+    from anac.core.dataflow import Task
+
+    rng = np.random.default_rng(seed)
+    work = []
+    for i in range(14):
+        after = [f"t{j}" for j in range(i) if rng.random() < 0.2]
+        resources = [f"r{k}" for k in rng.choice(3, size=rng.integers(1, 3), replace=False)]
+        work.append(Task(f"t{i}", "mvm", resources, float(rng.integers(1, 20)), after))
+    dur = {t.id: int(t.duration_ns) for t in work}
+    head, tail, bound = lower_bound(work, dur)
+    greedy = list_schedule(work, dur)
+    upper = max(greedy[k] + dur[k] for k in dur)
+    starts, status, _, proven = ScheduleLinks(gap_limit=0.0)._solve(work, dur, greedy, upper, head, tail, bound, 10.0)
+    assert status in ("optimal", "fallback (list schedule was better)")
+    optimum = max(starts[k] + dur[k] for k in dur)
+    assert bound <= optimum <= upper and proven == optimum
