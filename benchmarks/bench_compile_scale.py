@@ -3,14 +3,15 @@
 For each model, in one process: the compile time (``compile_model``), the
 floor (``onnx.load`` of the same file plus one numpy pass over its weights),
 their ratio, the time of the frontend, partition, place and schedule_links
-passes, and the placement's and the schedule's status and gap. The models are built from code (tests/scale_models.py,
-seeded): a chain of 1,000 x (MatMul by an 8 x 8 constant, Sigmoid); the
-ResNet-18 architecture with random weights; and 20 x (4096 x 11008,
+passes, and the placement's and the schedule's status and gap. The models
+are built from code (tests/scale_models.py, seeded): a chain of 1,000 x
+(MatMul by an 8 x 8 constant, Sigmoid); the ResNet-18 architecture with
+random weights (and with ``--vit`` ViT-B/16's); and 20 x (4096 x 11008,
 11008 x 4096) MatMuls as a Program with shapes only (6,880 tiles, 203 chips
 of the IBM preset), run through split_matrices, place and schedule_links
 (no file, so no floor). Times are medians of ``--repeat`` runs.
 
-    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/bench_compile_scale.py [--repeat 3] [--pairs 20]
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/bench_compile_scale.py [--repeat 3] [--pairs 20] [--vit]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from anac.passes.split_matrices import SplitMatrices
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from scale_models import matmul_stack, resnet18, sigmoid_chain  # noqa: E402
+from scale_models import matmul_stack, resnet18, sigmoid_chain, vit_b16  # noqa: E402
 
 
 def floor_s(path: Path) -> float:
@@ -75,15 +76,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is shown)")
     ap.add_argument("--pairs", type=int, default=20, help="MatMul pairs of the stack (20: 203 chips)")
+    ap.add_argument("--vit", action="store_true", help="also ViT-B/16's shapes (86 M weights, 346 MB file)")
     args = ap.parse_args()
     print(f"{'model':<22} {'compile':>8} {'floor':>8} {'ratio':>7} {'frontend':>8} {'partitn':>8} {'place':>8} "
           f"{'sched':>8} {'chips':>5} "
           f"{'placement status':<34} {'gap':>6} {'schedule status':<34} {'gap':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model in (("chain 1000 x MatMul", sigmoid_chain(1000)), ("ResNet-18 (random)", resnet18())):
+        models = [("chain 1000 x MatMul", sigmoid_chain), ("ResNet-18 (random)", resnet18)]
+        models += [("ViT-B/16 (random)", vit_b16)] if args.vit else []
+        for name, make in models:
             path = Path(tmp) / f"{name.split()[0]}.onnx"
-            onnx.save(model, path)
-            del model
+            onnx.save(make(), path)
             progs: list[Program] = []
 
             def run(path: Path = path, progs: list[Program] = progs) -> float:
