@@ -85,7 +85,7 @@ def main() -> None:
         models = [("chain 1000 x MatMul", sigmoid_chain), ("ResNet-18 (random)", resnet18)]
         models += [("ViT-B/16 (random)", vit_b16)] if args.vit else []
         for name, make in models:
-            path = Path(tmp) / f"{name.split()[0]}.onnx"
+            path = Path(tmp) / f"{make.__name__}.onnx"
             onnx.save(make(), path)
             progs: list[Program] = []
 
