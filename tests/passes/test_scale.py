@@ -174,3 +174,36 @@ def test_schedule_lower_bound_never_exceeds_the_cpsat_optimum_on_random_dags(see
     assert status in ("optimal", "fallback (list schedule was better)")
     optimum = max(starts[k] + dur[k] for k in dur)
     assert bound <= optimum <= upper and proven == optimum
+
+
+def test_solver_budgets_scale_with_the_problem() -> None:
+    from helpers import matmul_chain
+
+    hw = replace(load_hardware(), tiles_per_chip=4, links=replace(load_hardware().links, topology="ring"))
+    model = matmul_chain(np.random.default_rng(0), [1024, 512, 512, 512, 600, 10], relu=True)
+    prog = compile_model(model, hardware=hw, progress=lambda _m: None)
+    info, sched = prog.placement_info, prog.schedule
+    if info["time_limit_s"]:  # CP-SAT ran on the whole problem: 0.5 ms per tile-chip pair, at least 0.05 s
+        assert info["time_limit_s"] == round(min(5.0, max(0.05, 0.0005 * info["tiles"] * prog.chips_used)), 3)
+    if sched["time_limit_s"]:  # CP-SAT ran: 0.1 ms per task, at least 0.02 s
+        assert sched["time_limit_s"] == round(min(5.0, max(0.02, 0.0001 * sched["tasks"])), 3)
+    capped = compile_model(model, hardware=hw, progress=lambda _m: None,
+                           options={"schedule_links.max_tasks": 5, "schedule_links.gap_limit": 0.0})
+    s = capped.schedule
+    assert s["tasks"] > 5 and s["time_limit_s"] == 0.0
+    assert s["status"].startswith(("heuristic", "optimal (list"))
+    _check_schedule(capped)
+
+
+def test_compile_summary_names_statuses_and_gaps(tmp_path: Path) -> None:
+    from anac.cli import main
+    from click.testing import CliRunner
+    from helpers import matmul_chain, save
+
+    path = save(matmul_chain(np.random.default_rng(0), [1024, 512, 512, 10]), tmp_path, "m.onnx")
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "m.anac")])
+    assert result.exit_code == 0, result.output
+    assert "placement: " in result.output and "schedule: " in result.output and "gap " in result.output
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "m.anac"), "--json"])
+    data = json.loads(result.stdout)
+    assert {"status", "link_bytes"} <= set(data["placement"]) and {"status", "gap", "bound_ns"} <= set(data["schedule"])
