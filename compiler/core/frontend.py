@@ -88,9 +88,10 @@ def load_onnx(source: str | Path | onnx.ModelProto, *, weights: bool = True) -> 
     if isinstance(source, onnx.ModelProto):
         return model  # built or loaded in memory by the caller, who checks it if they wish
     try:
-        # Without weights the checker is not run: it opens external data files (from the current directory).
-        if weights and model.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(model)
+        # The checker reads the file itself (from a ModelProto it would serialise the whole model first, and
+        # ByteSize costs as much). Without weights it is not run: it would look for external data files.
+        if weights and path.stat().st_size < 2**31 - 1:
+            onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
         # Exporters write models the checker rejects yet onnxruntime runs (missing output
         # shapes, old IR quirks); real breakage surfaces in shape inference or on the host.
