@@ -11,6 +11,8 @@ input landing pads (PWM durations) and the ramp-based output conversion.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from anac.backends.devices import DeviceFamily, family_model
 from anac.core.conductance import combine
@@ -61,9 +63,15 @@ class ProgrammedChip:
 
     def weights_at(self, t: float, drift_compensation: bool = True) -> dict[int, np.ndarray]:
         """Each slice's effective weights read at ``t`` seconds after programming."""
+        return dict(self.read_at(t, drift_compensation))
+
+    def read_at(self, t: float, drift_compensation: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        """(slice id, effective weights read at ``t`` s) one slice at a time, in slice order: a caller that
+        copies each where it belongs holds one slice's read at a time, not all of them."""
         rng = np.random.default_rng([self.seed, 2, int(round(_check_time(t) * 1e3))])
         compensate = drift_compensation and not self.noiseless
-        return {sid: d.weights_at(t, rng, compensate) for sid, d in self._devices.items()}
+        for sid, d in self._devices.items():
+            yield sid, d.weights_at(t, rng, compensate)
 
 
 def _check_time(t: float) -> float:

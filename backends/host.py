@@ -1,7 +1,17 @@
-"""Host stages on onnxruntime: one session per host stage, made once per program."""
+"""Host stages on onnxruntime: sessions made when first run, at most a bounded number alive at once.
+
+A host-stage session uses one intra-op thread by default: a session with its
+own thread pool costs ~13 ms to make and ~12 MB of address space (thread
+stacks), one without ~0.5 ms and ~0.1 MB, and host stages are mostly light
+elementwise work between crossbars. A program with thousands of host stages
+(a chain of MatMul/Sigmoid layers) therefore never holds thousands of
+sessions: the least recently run are dropped and remade when needed.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -10,45 +20,78 @@ import onnxruntime as ort
 from anac.core.errors import AnacError
 from anac.core.program import Stage
 
+MAX_SESSIONS = 256  # host-stage and cell sessions alive at once in one simulator
 
-def session_options() -> ort.SessionOptions:
-    """Session options shared by host stages and the reference run (quiet logs)."""
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """Session options shared by host stages and the reference run (quiet logs); ``threads`` intra-op
+    threads, 0 for onnxruntime's default (one per core)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
     return so
 
 
-def make_session(model: onnx.ModelProto | str, what: str) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto | str, what: str, threads: int = 0) -> ort.InferenceSession:
     """An onnxruntime CPU session; failures become AnacErrors naming ``what``."""
     data = model if isinstance(model, str) else model.SerializeToString()
     try:
-        return ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise AnacError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
 
 
-def run_session(sess: ort.InferenceSession, feeds: dict[str, Any], what: str) -> list[Any]:
-    """Run a session; failures become AnacErrors naming ``what``."""
+def run_session(sess: ort.InferenceSession, feeds: dict[str, Any], what: str | Callable[[], str],
+                names: list[str] | None = None) -> list[Any]:
+    """Run a session (all outputs, or ``names``); failures become AnacErrors naming ``what``."""
     try:
-        return sess.run(None, feeds)
+        return sess.run(names, feeds)
     except Exception as e:  # noqa: BLE001
-        raise AnacError(f"onnxruntime failed running {what}: {_first_line(e)}") from None
+        raise AnacError(f"onnxruntime failed running {what if isinstance(what, str) else what()}: "
+                        f"{_first_line(e)}") from None
+
+
+class Sessions:
+    """onnxruntime sessions made on first use and kept least-recently-used, at most ``limit`` at once."""
+
+    def __init__(self, threads: int = 1, limit: int = MAX_SESSIONS) -> None:
+        self.threads, self.limit = threads, limit
+        self._live: OrderedDict[Hashable, tuple[ort.InferenceSession, list[str], list[str]]] = OrderedDict()
+
+    def get(self, key: Hashable, model: onnx.ModelProto, what: str) -> tuple[ort.InferenceSession, list[str],
+                                                                              list[str]]:
+        """The session of ``model`` (made if not alive) with its input and output names."""
+        entry = self._live.get(key)
+        if entry is None:
+            sess = make_session(model, what, self.threads)
+            entry = (sess, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
+            self._live[key] = entry
+            if len(self._live) > self.limit:
+                self._live.popitem(last=False)
+        else:
+            self._live.move_to_end(key)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._live)
 
 
 class HostStages:
-    """The host stages of a program, each with its onnxruntime session."""
+    """The host stages of a program, run on onnxruntime sessions from a bounded cache."""
 
-    def __init__(self, stages: list[Stage]) -> None:
-        self._sessions = {s.name: make_session(s.model, f"host stage {s.name}")  # type: ignore[arg-type]
-                          for s in stages if s.kind == "host"}
+    def __init__(self, sessions: Sessions | None = None) -> None:
+        self.sessions = sessions or Sessions()
 
     def run(self, stage: Stage, env: dict[str, Any]) -> None:
         """Run one host stage, reading its inputs from and writing its outputs to ``env``."""
-        sess = self._sessions[stage.name]
-        feeds = {i.name: env[i.name] for i in sess.get_inputs()}
-        names = [o.name for o in sess.get_outputs()]
-        env.update(zip(names, run_session(sess, feeds, f"host stage {stage.name} ({', '.join(stage.nodes[:3])}"
-                                          f"{', ...' if len(stage.nodes) > 3 else ''})"), strict=True))
+        sess, inputs, outputs = self.sessions.get(stage.name, stage.model, f"host stage {stage.name}")  # type: ignore[arg-type]
+
+        def what() -> str:
+            return f"host stage {stage.name} ({', '.join(stage.nodes[:3])}{', ...' if len(stage.nodes) > 3 else ''})"
+
+        env.update(zip(outputs, run_session(sess, {n: env[n] for n in inputs}, what), strict=True))
 
 
 def _first_line(e: Exception) -> str:

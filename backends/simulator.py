@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 from anac.backends.analog import ProgrammedChip, quantize_polarity, quantize_signed, quantize_unsigned
-from anac.backends.host import HostStages, make_session, run_session
+from anac.backends.host import HostStages, Sessions, run_session
 from anac.core.dataflow import single_row_block
 from anac.core.errors import AnacError, InputError
 from anac.core.ir import TensorInfo
-from anac.core.program import MVM, Program
+from anac.core.program import MVM, Matrix, Program
 from numpy.lib.stride_tricks import sliding_window_view
+from onnx import TensorProto, helper, numpy_helper
 
 MODES = ("ideal", "hardware")
 # observer(kind, key, values): kind "input" (key: MVM node, values: its input rows) or
@@ -73,34 +75,44 @@ def tile_activation(prog: Program, mvm: MVM) -> bool:
 class Simulator:
     """A program prepared for repeated runs: sessions made and slices laid out once."""
 
-    def __init__(self, prog: Program, mode: str = "ideal", observer: Observer | None = None) -> None:
+    def __init__(self, prog: Program, mode: str = "ideal", observer: Observer | None = None,
+                 host_threads: int = 1) -> None:
         if mode not in MODES:
             raise AnacError(f"unknown simulation mode '{mode}'; available: {', '.join(MODES)}")
         self.prog, self.mode, self.observer = prog, mode, observer
         self.chip: ProgrammedChip | None = None
         self.t: float | None = None
-        self._host = HostStages(prog.stages or [])
-        self._cells = {(node, d, k): make_session(m, f"the cell of {node} (direction {d}, part {k})")
-                       for node, rec in prog.recurrent.items() for d, cell in enumerate(rec.cells)
-                       for k, m in enumerate(cell.models)}
+        self._sessions = Sessions(host_threads)
+        self._host = HostStages(self._sessions)
         self._plans: dict[str, list[list[_SlicePlan]]] = {}
         self._stacks: dict[str, list[_RowBlocks]] = {}
         self._tile_act = {m.node: tile_activation(prog, m) for m in (prog.mvms or {}).values()}
+        # Ideal mode with an observer sums slice by slice in float64 (each slice's output is seen);
+        # otherwise slices are views of their matrix (no copy).
+        per_slice = mode == "ideal" and observer is not None
         by_matrix: dict[str, list[_SlicePlan]] = {}
         for s in prog.slices or []:
             w = prog.matrices[s.matrix].weights  # type: ignore[index]
             block = w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]
-            block = np.ascontiguousarray(block, dtype=np.float64) if mode == "ideal" else block
+            block = np.ascontiguousarray(block, dtype=np.float64) if per_slice else block
             by_matrix.setdefault(s.matrix, []).append(_SlicePlan(s.id, s.rows, s.cols, block, s.output_range))
         for mvm in (prog.mvms or {}).values():
             self._plans[mvm.node] = [by_matrix[m] for m in mvm.matrices]
-        # Ideal mode without an observer: each matrix as one float64 array, so an MVM is one
-        # float64 BLAS matmul (the same sum the slices give, rounded to float32 once).
+        # Ideal mode without an observer: each matrix as one float32 array (the matrix itself when its
+        # slices cover it), so an MVM is one float32 BLAS matmul, as onnxruntime does it.
+        # A conv runs as one onnxruntime Conv on those weights (im2col's product without its memory traffic).
         self._dense: dict[int, np.ndarray] = {}
-        if mode == "ideal" and observer is None:
-            for group in self._plans.values():
-                for plans in group:
-                    self._dense[id(plans)] = _dense(plans)
+        self._conv_models: dict[str, tuple[onnx.ModelProto, bool]] = {}  # node -> (model, holds all the MVM)
+        if mode == "ideal" and not per_slice:
+            for mvm in (prog.mvms or {}).values():
+                dense = [_dense(prog.matrices[m].weights, plans)  # type: ignore[index]
+                         for m, plans in zip(mvm.matrices, self._plans[mvm.node], strict=True)]
+                conv = _conv_model(mvm, [prog.matrices[m] for m in mvm.matrices], dense)  # type: ignore[index]
+                if conv is not None:
+                    self._conv_models[mvm.node] = conv
+                    continue
+                for plans, w in zip(self._plans[mvm.node], dense, strict=True):
+                    self._dense[id(plans)] = w
         if mode == "hardware":
             missing = [m.node for m in (prog.mvms or {}).values() if m.input_range is None]
             if missing or any(s.output_range is None for s in prog.slices or []):
@@ -112,31 +124,34 @@ class Simulator:
         """Hardware mode: program a fresh chip instance (seeded); it is read right after programming
         unless ``at(t)`` picks another time before the first run."""
         self._need_hardware("program")
+        self.chip, self.t = None, None  # the previous instance is dropped before the next is drawn
         self.chip = ProgrammedChip(self.prog, seed)
-        self.t = None  # read lazily: callers usually choose a time next
         return self.chip
 
     def at(self, t: float, drift_compensation: bool = True) -> None:
-        """Hardware mode: read the programmed devices ``t`` seconds after programming."""
+        """Hardware mode: read the programmed devices ``t`` seconds after programming.
+
+        Each slice's read is copied into its row block as it comes, so the read weights are held
+        once (float32), in buffers made at the first read and reused for every later time and chip.
+        """
         self._need_hardware("at")
         if self.chip is None:
             raise AnacError("program a chip instance (Simulator.program(seed)) before reading it")
-        weights = self.chip.weights_at(t, drift_compensation)
-        for node, plans in self._plans.items():
-            self._stacks[node] = [self._stack(group, weights) for group in plans]
+        if not self._stacks:
+            for node, plans in self._plans.items():
+                self._stacks[node] = [_row_blocks(group) for group in plans]
+            self._slots: dict[int, list[np.ndarray]] = {}
+            for node, plans in self._plans.items():
+                for group, blocks in zip(plans, self._stacks[node], strict=True):
+                    for p in group:
+                        i = blocks.starts.index(p.rows[0])
+                        dst = blocks.weights[i][:p.rows[1] - p.rows[0], p.cols[0]:p.cols[1]]
+                        self._slots.setdefault(p.id, []).append(dst)
+        self.t = None
+        for sid, w in self.chip.read_at(t, drift_compensation):
+            for dst in self._slots[sid]:
+                dst[...] = w
         self.t = t
-
-    def _stack(self, group: list[_SlicePlan], weights: dict[int, np.ndarray]) -> _RowBlocks:
-        starts = sorted({p.rows[0] for p in group})
-        stops = [max(p.rows[1] for p in group if p.rows[0] == start) for start in starts]
-        n = max(p.cols[1] for p in group)
-        ws = [np.zeros((stop - start, n), np.float32) for start, stop in zip(starts, stops, strict=True)]
-        scales = [np.ones(n, np.float32) for _ in starts]
-        for p in group:
-            i = starts.index(p.rows[0])
-            ws[i][:p.rows[1] - p.rows[0], p.cols[0]:p.cols[1]] = weights[p.id]
-            scales[i][p.cols[0]:p.cols[1]] = p.output_range
-        return _RowBlocks(starts, stops, ws, scales)
 
     def _need_hardware(self, what: str) -> None:
         if self.mode != "hardware":
@@ -170,7 +185,7 @@ class Simulator:
         """
         dense = self._dense.get(id(plans))
         if dense is not None:
-            return (x.astype(np.float64, copy=False) @ dense).astype(np.float32)
+            return x @ dense
         if self.observer is not None:
             self.observer("input", mvm.node, x)
         x = x.astype(np.float64)
@@ -253,7 +268,8 @@ class Simulator:
                     elif step[0] == "mvm":
                         e[step[3]] = self._run_mvm(self.prog.mvms[step[1]], e[step[2]])  # type: ignore[index]
                     else:
-                        sess = self._cells[(rec.node, d, step[1])]
+                        sess = self._sessions.get((rec.node, d, step[1]), cell.models[step[1]],
+                                                  f"the cell of {rec.node} (direction {d}, part {step[1]})")[0]
                         outs = run_session(sess, {n: e[n] for n in step[2]}, f"the cell of {rec.node}")
                         e.update(zip(step[3], outs, strict=True))
                 active = (t < lens)[:, None]
@@ -283,7 +299,14 @@ class Simulator:
                 return self._matmul_ideal(mvm, rows, inner, n)
             return self._matmul_hardware(mvm, rows, inner, n, quantized)
 
-        if mvm.kind == "conv":
+        if mvm.node in self._conv_models:
+            _check_conv_rank(mvm, x)
+            model, whole = self._conv_models[mvm.node]
+            sess = self._sessions.get(("conv", mvm.node), model, f"the conv of {mvm.node}")[0]
+            y = run_session(sess, {"x": x}, f"the conv of {mvm.node}")[0]
+            if whole:  # bias and ReLU ran in the Conv model
+                return y  # type: ignore[no-any-return]
+        elif mvm.kind == "conv":
             y = _conv(x, mvm, plans, shapes, matmul)
         else:
             p = mvm.params
@@ -317,9 +340,26 @@ class Simulator:
         return np.asarray(y, dtype=np.float32, order="C")
 
 
-def _dense(plans: list[_SlicePlan]) -> np.ndarray:
-    """The float64 matrix a matrix's slices tile (rows and columns the slices cover)."""
-    w = np.zeros((max(p.rows[1] for p in plans), max(p.cols[1] for p in plans)), np.float64)
+def _row_blocks(group: list[_SlicePlan]) -> _RowBlocks:
+    """A matrix's row blocks with zero weights (``Simulator.at`` fills them) and each column's output range."""
+    starts = sorted({p.rows[0] for p in group})
+    stops = [max(p.rows[1] for p in group if p.rows[0] == start) for start in starts]
+    n = max(p.cols[1] for p in group)
+    ws = [np.zeros((stop - start, n), np.float32) for start, stop in zip(starts, stops, strict=True)]
+    scales = [np.ones(n, np.float32) for _ in starts]
+    for p in group:
+        scales[starts.index(p.rows[0])][p.cols[0]:p.cols[1]] = p.output_range
+    return _RowBlocks(starts, stops, ws, scales)
+
+
+def _dense(weights: np.ndarray, plans: list[_SlicePlan]) -> np.ndarray:
+    """The float32 matrix a matrix's slices tile: ``weights`` itself when they cover all of it."""
+    covered = np.zeros(weights.shape, bool)
+    for p in plans:
+        covered[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]] = True
+    if covered.all():
+        return np.ascontiguousarray(weights, dtype=np.float32)
+    w = np.zeros(weights.shape, np.float32)
     for p in plans:
         w[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]] = p.weights
     return w
@@ -342,8 +382,7 @@ def _conv(x: np.ndarray, mvm: MVM, plans: list[Any], shapes: list[tuple[int, int
     p = mvm.params
     kernel, strides, dil = p["kernel"], p["strides"], p["dilations"]
     nsp = len(kernel)
-    if x.ndim != nsp + 2:
-        raise InputError(f"node '{mvm.node}' (Conv): input of rank {x.ndim}, a {nsp}-D kernel needs rank {nsp + 2}")
+    _check_conv_rank(mvm, x)
     spatial = x.shape[2:]
     eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True)]
     if p.get("transpose"):
@@ -408,6 +447,53 @@ def transpose_pads(p: dict[str, Any], spatial: tuple[int, ...], eff: list[int]) 
         begin = [t // 2 if upper else t - t // 2 for t in total]
         end = [t - b for t, b in zip(total, begin, strict=True)]
     return begin, [e - op for e, op in zip(end, out_pad, strict=True)]
+
+
+def _check_conv_rank(mvm: MVM, x: np.ndarray) -> None:
+    nsp = len(mvm.params["kernel"])
+    if x.ndim != nsp + 2:
+        raise InputError(f"node '{mvm.node}' (Conv): input of rank {x.ndim}, a {nsp}-D kernel needs rank {nsp + 2}")
+
+
+_CONV_PARAMS = {"kernel", "strides", "dilations", "pads", "auto_pad", "group", "in_channels_per_group",
+                "out_channels_per_group", "traffic"}  # traffic: what schedule_links counted
+
+
+def _conv_model(mvm: MVM, matrices: list[Matrix], dense: list[np.ndarray]) -> tuple[onnx.ModelProto, bool] | None:
+    """Ideal mode: a conv MVM as one ONNX Conv whose kernel is its matrices' weights (one matrix per group,
+    rows ordered (channel, kernel...), pruned rows back as zeros), with the bias and a ReLU when alpha is 1
+    (then the model is the whole MVM: True); None for any other MVM."""
+    p = mvm.params
+    if mvm.kind != "conv" or mvm.op_type != "Conv" or set(p) - _CONV_PARAMS or len(matrices) != p["group"]:
+        return None
+    kernels = []
+    for m, w in zip(matrices, dense, strict=True):
+        if m.kept_rows is not None:
+            full = np.zeros((m.input_rows, w.shape[1]), np.float32)
+            full[m.kept_rows] = w
+            w = full
+        kernels.append(w.T.reshape(w.shape[1], p["in_channels_per_group"], *p["kernel"]))
+    nsp = len(p["kernel"])
+    attrs: dict[str, Any] = {"kernel_shape": p["kernel"], "strides": p["strides"], "dilations": p["dilations"],
+                             "group": p["group"]}
+    if p["auto_pad"] in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        attrs["auto_pad"] = p["auto_pad"]
+    else:
+        attrs["pads"] = p["pads"]
+    dims = ["batch", "channels", *(f"d{i}" for i in range(nsp))]
+    inits = [numpy_helper.from_array(np.ascontiguousarray(np.concatenate(kernels)), "w")]
+    whole = mvm.alpha == 1.0 and (mvm.activation is None or mvm.activation["op"] == "Relu")
+    if whole and mvm.bias is not None:
+        inits.append(numpy_helper.from_array(mvm.bias.astype(np.float32).reshape(-1), "b"))
+    nodes = [helper.make_node("Conv", [i.name for i in inits] and ["x", *(i.name for i in inits)],
+                              ["c" if whole and mvm.activation is not None else "y"], **attrs)]
+    if whole and mvm.activation is not None:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    graph = helper.make_graph(nodes, mvm.node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, whole
 
 
 def _conv_pads(auto_pad: str, pads: list[int], spatial: tuple[int, ...], strides: list[int],

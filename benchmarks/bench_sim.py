@@ -4,7 +4,12 @@ Each model is built here with onnx.helper from seeded weights, compiled with
 anac.api.compile_model (hardware mode calibrated on the benchmark input), and
 timed in this process: onnxruntime on the original model, the simulator in
 ideal mode and in hardware mode (one chip programmed with seed 0, read a day
-later). Each time is the median of ``--runs`` runs after one warm-up run.
+later). Each time is the median CPU time of ``--runs`` rounds after one warm-up run,
+the three run one after another in each round. Both
+sides use one thread (run with OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1;
+onnxruntime sessions get intra_op_num_threads=1). Then the cost of a
+Monte-Carlo verify (10 chip instances x 4 times) against one run, and the
+peak memory of the hardware-mode simulator on the largest model.
 
     python benchmarks/bench_sim.py [--runs 7] [--only NAME]
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +27,8 @@ import onnx
 import onnxruntime as ort
 from anac.api import compile_model
 from anac.backends.simulator import Simulator
+from anac.backends.verify import parse_times, verify_hardware
+from anac.core.program import Program
 from onnx import TensorProto, helper, numpy_helper
 
 Inputs = dict[str, np.ndarray]
@@ -177,32 +185,86 @@ MODELS: dict[str, Callable[[], tuple[onnx.ModelProto, Inputs]]] = {
 }
 
 
-def _median(f: Callable[[], object], runs: int) -> float:
-    f()  # warm-up
-    times = []
+def _interleaved(fs: list[Callable[[], object]], runs: int) -> list[float]:
+    """Median CPU time of each of ``fs`` (all single-threaded), run one after another in each of ``runs``
+    rounds after a warm-up. CPU time, not wall time: on a loaded machine a run longer than a scheduler
+    time slice waits for the CPU several times, and wall-clock ratios would penalise the longer run."""
+    times: list[list[float]] = [[] for _ in fs]
+    for f in fs:
+        f()  # warm-up
     for _ in range(runs):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for f, ts in zip(fs, times, strict=True):
+            t = time.process_time()
+            f()
+            ts.append(time.process_time() - t)
+    return [statistics.median(ts) for ts in times]
+
+
+def _ort(model: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1  # as the simulator's host stages
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _compile(model: onnx.ModelProto, x: Inputs) -> Program:
+    return compile_model(model, calibration_data=x, progress=lambda _m: None)
 
 
 def bench(name: str, runs: int) -> str:
     model, x = MODELS[name]()
     try:
-        prog = compile_model(model, calibration_data=x, progress=lambda _m: None)
+        prog = _compile(model, x)
     except Exception as e:  # noqa: BLE001 - a benchmark row reports the failure and the table goes on
         return f"{name:36s} compile failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = _ort(model)
     ideal = Simulator(prog, "ideal")
     hard = Simulator(prog, "hardware")
     hard.program(0)
     hard.at(86400.0)
-    t_ort = _median(lambda: sess.run(None, x), runs)
-    t_ideal = _median(lambda: ideal.run(x), runs)
-    t_hard = _median(lambda: hard.run(x), runs)
+    t_ort, t_ideal, t_hard = _interleaved([lambda: sess.run(None, x), lambda: ideal.run(x), lambda: hard.run(x)], runs)
     return (f"{name:36s} {1e3 * t_ort:9.3f} {1e3 * t_ideal:9.3f} {1e3 * t_hard:9.3f} "
             f"{t_ideal / t_ort:7.2f}x {t_hard / t_ort:7.2f}x")
+
+
+def monte_carlo(name: str, repeats: int = 10, times: str = "1s,1h,1d,1y") -> str:
+    """verify in hardware mode with ``repeats`` chip instances read at each of ``times``, against one run."""
+    model, x = MODELS[name]()
+    prog = _compile(model, x)
+    at = parse_times(times)
+    verify_hardware(prog, model, x, at[:1])  # warm-up
+    t = time.perf_counter()
+    verify_hardware(prog, model, x, at[:1])
+    one = time.perf_counter() - t
+    t = time.perf_counter()
+    verify_hardware(prog, model, x, at, repeats=repeats)
+    many = time.perf_counter() - t
+    n = repeats * len(at)
+    return (f"Monte-Carlo on {name}: verify --mode hardware --repeats {repeats} --t {times} takes "
+            f"{many:.2f} s, one run (--repeats 1 --t 1s) {one:.2f} s: {many / one:.1f}x one run for {n} runs "
+            f"({many / (n * one):.2f} of {n} separate runs)")
+
+
+def memory(name: str) -> str:
+    """Peak traced memory (numpy and Python) of a hardware-mode simulator: made, programmed, read, run."""
+    model, x = MODELS[name]()
+    prog = _compile(model, x)
+    for s in prog.slices or []:
+        prog.targets(s)  # the program's target conductances: part of the program, not of the simulator
+    file_mb = model.ByteSize() / 2**20
+    weights_mb = sum(m.weights.nbytes for m in (prog.matrices or {}).values()) / 2**20
+    tracemalloc.start()
+    sim = Simulator(prog, "hardware")
+    for seed in range(2):
+        sim.program(seed)
+        for t in (1.0, 86400.0):
+            sim.at(t)
+            sim.run(x)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    read_mb = sum(w.nbytes for blocks in sim._stacks.values() for b in blocks for w in b.weights) / 2**20
+    return (f"Memory on {name} (model file {file_mb:.1f} MB, float32 weights {weights_mb:.1f} MB): "
+            f"read weights held {read_mb:.1f} MB; peak {peak / 2**20:.1f} MB ({peak / 2**20 / file_mb:.1f}x the "
+            f"file) over 2 chip instances x 2 times, device state (conductances, drift exponents) included")
 
 
 def main() -> None:
@@ -210,11 +272,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--only", help="run only the models whose name contains this text")
     args = ap.parse_args()
-    print(f"medians of {args.runs} runs after a warm-up; times in ms")
+    print(f"CPU time, medians of {args.runs} interleaved rounds after a warm-up, one thread each; times in ms")
     print(f"{'model':36s} {'ORT':>9s} {'ideal':>9s} {'hardware':>9s} {'ideal/':>8s} {'hw/ORT':>8s}")
     for name in MODELS:
         if args.only is None or args.only.lower() in name.lower():
             print(bench(name, args.runs), flush=True)
+    if args.only is None:
+        print(monte_carlo("LeNet-5 CNN, batch 1000"), flush=True)
+        largest = max(MODELS, key=lambda n: MODELS[n]()[0].ByteSize())
+        print(memory(largest), flush=True)
 
 
 if __name__ == "__main__":
