@@ -125,18 +125,19 @@ def _probe(w: np.ndarray) -> float:
     return float(np.abs(w.sum(axis=0, dtype=np.float64)).sum())
 
 
-def quantize_signed(x: np.ndarray, full_scale: float | np.ndarray, bits: int) -> np.ndarray:
-    """Signed conversion: 2^(bits-1) - 1 levels each side of zero, saturating at +-full_scale."""
+def quantize_signed(x: np.ndarray, full_scale: float | np.ndarray, bits: int, inplace: bool = False) -> np.ndarray:
+    """Signed conversion: 2^(bits-1) - 1 levels each side of zero, saturating at +-full_scale.
+    ``inplace``: x is a float32 buffer nothing else reads; the result is written over it."""
     levels = 2 ** (bits - 1) - 1
     step = np.float32(full_scale / levels) if np.isscalar(full_scale) else (full_scale / levels).astype(np.float32)
-    return _round_clip(x, step, -levels, levels)
+    return _round_clip(x, step, -levels, levels, inplace)
 
 
-def quantize_unsigned(x: np.ndarray, full_scale: float | np.ndarray, bits: int) -> np.ndarray:
-    """Unsigned conversion: 2^bits - 1 levels over [0, full_scale], saturating."""
+def quantize_unsigned(x: np.ndarray, full_scale: float | np.ndarray, bits: int, inplace: bool = False) -> np.ndarray:
+    """Unsigned conversion: 2^bits - 1 levels over [0, full_scale], saturating (``inplace`` as quantize_signed)."""
     levels = 2 ** bits - 1
     step = np.float32(full_scale / levels) if np.isscalar(full_scale) else (full_scale / levels).astype(np.float32)
-    return _round_clip(x, step, 0, levels)
+    return _round_clip(x, step, 0, levels, inplace)
 
 
 def quantize_polarity(x: np.ndarray, full_scale: float, bits: int) -> np.ndarray:
@@ -146,9 +147,14 @@ def quantize_polarity(x: np.ndarray, full_scale: float, bits: int) -> np.ndarray
     return _round_clip(x, step, -levels, levels)
 
 
-def _round_clip(x: np.ndarray, step: np.float32 | np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """clip(rint(x / step), lo, hi) * step as float32, in one buffer (the values of the plain expression)."""
-    q = np.asarray(x / step)
+def _round_clip(x: np.ndarray, step: np.float32 | np.ndarray, lo: int, hi: int, inplace: bool = False) -> np.ndarray:
+    """clip(rint(x / step), lo, hi) * step as float32, in one buffer (the values of the plain expression):
+    x's own when ``inplace`` and it can hold the result."""
+    if inplace and x.dtype == np.float32 and x.flags.writeable \
+            and np.broadcast_shapes(x.shape, np.shape(step)) == x.shape:
+        q = np.divide(x, step, out=x)
+    else:
+        q = np.asarray(x / step)
     np.rint(q, out=q)
     np.clip(q, lo, hi, out=q)
     q *= step

@@ -50,6 +50,17 @@ class _SlicePlan:
 
 
 @dataclass
+class _ConvBlock:
+    """Hardware mode: a conv row block as a Conv kernel over the input channels [c0, c1) its rows span."""
+
+    kernel: np.ndarray  # (out channels, c1 - c0, *kernel) read weights, zero at rows of other blocks
+    c0: int
+    c1: int
+    kept: np.ndarray | None  # the matrix's kept rows (prune_inputs), indices into (channel, kernel...) rows
+    full_scale: np.ndarray  # (1, out channels, 1, ...): each output channel's range
+
+
+@dataclass
 class _RowBlocks:
     """Hardware mode: one matrix's slices grouped by row block, so an MVM is one matmul per row block.
 
@@ -103,6 +114,10 @@ class Simulator:
         # A conv runs as one onnxruntime Conv on those weights (im2col's product without its memory traffic).
         self._dense: dict[int, np.ndarray] = {}
         self._conv_models: dict[str, tuple[onnx.ModelProto, bool]] = {}  # node -> (model, holds all the MVM)
+        # Hardware mode: each conv row block's read weights as a Conv kernel, with its input channels
+        # [c0, c1) and output ranges; each slice's destinations for Simulator.at.
+        self._conv_blocks: dict[str, list[list[_ConvBlock]]] = {}
+        self._slots: dict[int, list[tuple[np.ndarray, Any, bool]]] = {}
         if mode == "ideal" and not per_slice:
             for mvm in (prog.mvms or {}).values():
                 dense = [_dense(prog.matrices[m].weights, plans)  # type: ignore[index]
@@ -138,20 +153,40 @@ class Simulator:
         if self.chip is None:
             raise AnacError("program a chip instance (Simulator.program(seed)) before reading it")
         if not self._stacks:
-            for node, plans in self._plans.items():
-                self._stacks[node] = [_row_blocks(group) for group in plans]
-            self._slots: dict[int, list[np.ndarray]] = {}
-            for node, plans in self._plans.items():
-                for group, blocks in zip(plans, self._stacks[node], strict=True):
-                    for p in group:
-                        i = blocks.starts.index(p.rows[0])
-                        dst = blocks.weights[i][:p.rows[1] - p.rows[0], p.cols[0]:p.cols[1]]
-                        self._slots.setdefault(p.id, []).append(dst)
+            self._layout()
         self.t = None
         for sid, w in self.chip.read_at(t, drift_compensation):
-            for dst in self._slots[sid]:
-                dst[...] = w
+            for buf, index, transposed in self._slots[sid]:
+                buf[index] = w.T if transposed else w
         self.t = t
+
+    def _layout(self) -> None:
+        """Hardware mode: the buffers the read weights go to, and where each slice's read lands.
+
+        A dense MVM's matrix: its row blocks (``_RowBlocks``). A conv's: per row block, a Conv kernel
+        (out channels, the input channels the block's rows span, *kernel), zero where its rows are not.
+        """
+        for node, plans in self._plans.items():
+            mvm = self.prog.mvms[node]  # type: ignore[index]
+            matrices = [self.prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
+            conv = _hw_conv_model(mvm, len(matrices))
+            self._stacks[node] = [_row_blocks(group, conv is None) for group in plans]
+            if conv is not None:
+                self._conv_models[node] = (conv, False)
+                self._conv_blocks[node] = [_conv_blocks(mvm, m, blocks)
+                                           for m, blocks in zip(matrices, self._stacks[node], strict=True)]
+            for g, (group, blocks) in enumerate(zip(plans, self._stacks[node], strict=True)):
+                for p in group:
+                    i = blocks.starts.index(p.rows[0])
+                    if conv is None:
+                        slot = (blocks.weights[i], (slice(0, p.rows[1] - p.rows[0]), slice(*p.cols)), False)
+                    else:
+                        b = self._conv_blocks[node][g][i]
+                        base = b.c0 * int(np.prod(mvm.params["kernel"]))
+                        rows: Any = slice(p.rows[0] - base, p.rows[1] - base) if b.kept is None \
+                            else b.kept[p.rows[0]:p.rows[1]] - base
+                        slot = (b.kernel.reshape(b.kernel.shape[0], -1), (slice(*p.cols), rows), True)
+                    self._slots.setdefault(p.id, []).append(slot)
 
     def _need_hardware(self, what: str) -> None:
         if self.mode != "hardware":
@@ -225,10 +260,40 @@ class Simulator:
             part = xq[:, start:stop] @ w if (start, stop) != (0, k) else xq @ w
             if self._tile_act[mvm.node]:
                 part = apply_activation(part, mvm.activation)  # type: ignore[arg-type]
-            q = quantize(part, scale, hw.output_bits)
-            y = q if y is None else y + q
+            q = quantize(part, scale, hw.output_bits, inplace=True)  # part: a fresh product
+            y = q if y is None else np.add(y, q, out=y)
         assert y is not None  # a matrix has at least one slice
         return y[:m] - y[m:] if hw.input_sign == "two-pass" else y
+
+    def _conv_hardware(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
+        """A conv in hardware mode: per row block, one onnxruntime Conv of the quantized input with the block's
+        read weights (the products im2col rows would give), then that block's output conversion; digital sum."""
+        _check_conv_rank(mvm, x)
+        hw = self.prog.hardware
+        batch = x.shape[0]
+        if hw.input_sign == "two-pass":  # both passes at once: batch [0, B) positive, [B, 2B) negative
+            r_in = float(mvm.input_range)  # type: ignore[arg-type]
+            x = np.concatenate([quantize_unsigned(np.maximum(x, 0), r_in, hw.input_bits),
+                                quantize_unsigned(np.maximum(-x, 0), r_in, hw.input_bits)])
+        # polarity inputs were quantized by the caller
+        sess = self._sessions.get(("conv", mvm.node), self._conv_models[mvm.node][0], f"the conv of {mvm.node}")[0]
+        tile_act = self._tile_act[mvm.node]
+        unsigned = tile_act and mvm.activation["op"] in _NONNEGATIVE  # type: ignore[index]
+        quantize = quantize_unsigned if unsigned else quantize_signed
+        cg = mvm.params["in_channels_per_group"]
+        outs = []
+        for g, blocks in enumerate(self._conv_blocks[mvm.node]):
+            y: np.ndarray | None = None
+            for b in blocks:
+                xb = x[:, g * cg + b.c0:g * cg + b.c1]
+                part = run_session(sess, {"x": np.ascontiguousarray(xb), "w": b.kernel}, f"the conv of {mvm.node}")[0]
+                if tile_act:
+                    part = apply_activation(part, mvm.activation)  # type: ignore[arg-type]
+                q = quantize(part, b.full_scale, hw.output_bits, inplace=True)
+                y = q if y is None else np.add(y, q, out=y)
+            assert y is not None  # a matrix has at least one row block
+            outs.append(y[:batch] - y[batch:] if hw.input_sign == "two-pass" else y)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
     def _run_recurrent(self, rec: Any, env: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """One LSTM/GRU/RNN layer: its cell once per time step and direction, with sequence_lens masking."""
@@ -299,7 +364,9 @@ class Simulator:
                 return self._matmul_ideal(mvm, rows, inner, n)
             return self._matmul_hardware(mvm, rows, inner, n, quantized)
 
-        if mvm.node in self._conv_models:
+        if mvm.node in self._conv_blocks:
+            y = self._conv_hardware(mvm, x)
+        elif mvm.node in self._conv_models:
             _check_conv_rank(mvm, x)
             model, whole = self._conv_models[mvm.node]
             sess = self._sessions.get(("conv", mvm.node), model, f"the conv of {mvm.node}")[0]
@@ -340,12 +407,14 @@ class Simulator:
         return np.asarray(y, dtype=np.float32, order="C")
 
 
-def _row_blocks(group: list[_SlicePlan]) -> _RowBlocks:
-    """A matrix's row blocks with zero weights (``Simulator.at`` fills them) and each column's output range."""
+def _row_blocks(group: list[_SlicePlan], weights: bool = True) -> _RowBlocks:
+    """A matrix's row blocks with zero weights (``Simulator.at`` fills them; none unless ``weights``) and
+    each column's output range."""
     starts = sorted({p.rows[0] for p in group})
     stops = [max(p.rows[1] for p in group if p.rows[0] == start) for start in starts]
     n = max(p.cols[1] for p in group)
-    ws = [np.zeros((stop - start, n), np.float32) for start, stop in zip(starts, stops, strict=True)]
+    ws = [np.zeros((stop - start, n), np.float32) for start, stop in zip(starts, stops, strict=True)] \
+        if weights else []
     scales = [np.ones(n, np.float32) for _ in starts]
     for p in group:
         scales[starts.index(p.rows[0])][p.cols[0]:p.cols[1]] = p.output_range
@@ -494,6 +563,43 @@ def _conv_model(mvm: MVM, matrices: list[Matrix], dense: list[np.ndarray]) -> tu
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model, whole
+
+
+def _hw_conv_model(mvm: MVM, n_matrices: int) -> onnx.ModelProto | None:
+    """Hardware mode: a Conv taking its kernel as an input (one row block's read weights), for a conv MVM
+    with one matrix per group; None for any other MVM."""
+    p = mvm.params
+    if mvm.kind != "conv" or mvm.op_type != "Conv" or set(p) - _CONV_PARAMS or n_matrices != p["group"]:
+        return None
+    nsp = len(p["kernel"])
+    attrs: dict[str, Any] = {"kernel_shape": p["kernel"], "strides": p["strides"], "dilations": p["dilations"]}
+    if p["auto_pad"] in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        attrs["auto_pad"] = p["auto_pad"]
+    else:
+        attrs["pads"] = p["pads"]
+    dims = ["batch", "channels", *(f"d{i}" for i in range(nsp))]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], mvm.node,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims),
+                               helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n", "c", *p["kernel"]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _conv_blocks(mvm: MVM, matrix: Matrix, blocks: _RowBlocks) -> list[_ConvBlock]:
+    """A conv matrix's row blocks as Conv kernels (zero; ``Simulator.at`` fills them)."""
+    kernel = mvm.params["kernel"]
+    kk = int(np.prod(kernel))
+    kept = None if matrix.kept_rows is None else np.asarray(matrix.kept_rows)
+    n = matrix.shape[1]
+    out = []
+    for start, stop, scale in zip(blocks.starts, blocks.stops, blocks.full_scale, strict=True):
+        first, last = (start, stop - 1) if kept is None else (int(kept[start]), int(kept[stop - 1]))
+        c0, c1 = first // kk, last // kk + 1
+        out.append(_ConvBlock(np.zeros((n, c1 - c0, *kernel), np.float32), c0, c1, kept,
+                              scale[:n].reshape((1, n) + (1,) * len(kernel))))
+    return out
 
 
 def _conv_pads(auto_pad: str, pads: list[int], spatial: tuple[int, ...], strides: list[int],

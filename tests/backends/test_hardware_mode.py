@@ -208,3 +208,36 @@ def test_cli_unknown_encoding(tmp_path: Path) -> None:
     code, _, err = _cli("compile", DIGITS, "--input-shape", "input=1,64", "--encoding", "fc9_matmul=2-PCM",
                         "-o", tmp_path / "d.anac")
     assert code == 1 and "fc9_matmul" in err and "fc0_matmul" in err
+
+
+@pytest.mark.parametrize("input_sign", ["polarity", "two-pass"])
+def test_conv_row_blocks_on_onnxruntime_compute_what_im2col_rows_do(rng: np.random.Generator, input_sign: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hardware-mode convs run each row block as an onnxruntime Conv of the quantized input with the block's
+    read weights; the im2col path (one matmul per row block over receptive-field rows) gives the same outputs,
+    here with two groups, 2 x 100 x 9 = 900 rows per group (two row blocks, the second starting mid-channel),
+    rows pruned (a zero input channel), strides, dilation, padding and a fused ReLU."""
+    w = weights(rng, 8, 100, 3, 3, scale=0.05)
+    w[:, 7] = 0  # channel 7 of each group contributes nothing: prune_inputs drops its rows
+    attrs = {"group": 2, "strides": [2, 1], "dilations": [1, 2], "pads": [1, 2, 0, 1]}
+    model = make_model([node("Conv", ["x", "w", "b"], ["c"], name="conv", **attrs),
+                        node("Relu", ["c"], ["y"], name="relu")],
+                       [tensor("x", [3, 200, 9, 10])], [tensor("y", [None] * 4)],
+                       [const("w", w), const("b", weights(rng, 8, scale=0.1))])
+    x = {"x": rng.standard_normal((3, 200, 9, 10)).astype(np.float32)}
+    prog = compile_model(model, hardware=dataclasses.replace(load_hardware(), input_sign=input_sign),
+                         calibration_data=x)
+    assert all(m.kept_rows is not None for m in prog.matrices.values())
+    assert len({s.rows[0] for s in prog.slices if s.matrix == "conv#g0"}) == 2
+
+    def run() -> np.ndarray:
+        sim = Simulator(prog, "hardware")
+        sim.program(3)
+        sim.at(3600.0)
+        return sim.run(x)["y"]
+
+    y = run()
+    monkeypatch.setattr("anac.backends.simulator._hw_conv_model", lambda mvm, n: None)  # the im2col path
+    ref = run()
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
