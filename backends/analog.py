@@ -61,6 +61,10 @@ class ProgrammedChip:
         for d in self._devices.values():
             d.set_reference(ref_rng)
 
+    def state_bytes(self) -> int:
+        """Bytes held for the programmed devices (conductances and per-device state)."""
+        return sum(d.g.nbytes + d.nu.nbytes for d in self._devices.values())
+
     def weights_at(self, t: float, drift_compensation: bool = True) -> dict[int, np.ndarray]:
         """Each slice's effective weights read at ``t`` seconds after programming."""
         return dict(self.read_at(t, drift_compensation))

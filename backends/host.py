@@ -56,8 +56,8 @@ def run_session(sess: ort.InferenceSession, feeds: dict[str, Any], what: str | C
 class Sessions:
     """onnxruntime sessions made on first use and kept least-recently-used, at most ``limit`` at once."""
 
-    def __init__(self, threads: int = 1, limit: int = MAX_SESSIONS) -> None:
-        self.threads, self.limit = threads, limit
+    def __init__(self, threads: int = 1, limit: int | None = None) -> None:
+        self.threads, self.limit = threads, limit or MAX_SESSIONS
         self._live: OrderedDict[Hashable, tuple[ort.InferenceSession, list[str], list[str]]] = OrderedDict()
 
     def get(self, key: Hashable, model: onnx.ModelProto, what: str) -> tuple[ort.InferenceSession, list[str],
@@ -82,7 +82,7 @@ class HostStages:
     """The host stages of a program, run on onnxruntime sessions from a bounded cache."""
 
     def __init__(self, sessions: Sessions | None = None) -> None:
-        self.sessions = sessions or Sessions()
+        self.sessions = Sessions() if sessions is None else sessions
 
     def run(self, stage: Stage, env: dict[str, Any]) -> None:
         """Run one host stage, reading its inputs from and writing its outputs to ``env``."""

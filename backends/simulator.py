@@ -160,6 +160,11 @@ class Simulator:
                 buf[index] = w.T if transposed else w
         self.t = t
 
+    def read_weight_bytes(self) -> int:
+        """Hardware mode: bytes of the read weights held (row blocks and conv kernels; 0 before the first read)."""
+        dense = sum(w.nbytes for blocks in self._stacks.values() for b in blocks for w in b.weights)
+        return dense + sum(b.kernel.nbytes for groups in self._conv_blocks.values() for g in groups for b in g)
+
     def _layout(self) -> None:
         """Hardware mode: the buffers the read weights go to, and where each slice's read lands.
 

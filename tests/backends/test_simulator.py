@@ -84,3 +84,24 @@ def test_compare_figures() -> None:
     both_nan = compare(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]))
     assert both_nan.rel_err == 0.0
     assert compare(np.array([np.nan, 1.0]), np.array([0.0, 1.0])).rel_err == float("inf")
+
+
+def test_host_sessions_are_made_lazily_and_bounded(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain of MatMul/Sigmoid layers has a host stage per layer; the simulator makes each stage's session
+    when it first runs and keeps at most MAX_SESSIONS alive (remaking dropped ones), with the same outputs."""
+    monkeypatch.setattr("anac.backends.host.MAX_SESSIONS", 3)
+    nodes, inits, x = [], [], "x"
+    for i in range(8):
+        inits.append(const(f"w{i}", weights(rng, 6, 6)))
+        nodes += [node("MatMul", [x, f"w{i}"], [f"m{i}"]), node("Sigmoid", [f"m{i}"], [f"s{i}"])]
+        x = f"s{i}"
+    m = make_model(nodes, [tensor("x", [2, 6])], [tensor(x, [2, 6])], inits)
+    prog = compile_model(m)
+    assert sum(s.kind == "host" for s in prog.stages) == 8
+    sim = Simulator(prog)
+    assert len(sim._sessions) == 0
+    feeds = {"x": rng.standard_normal((2, 6)).astype(np.float32)}
+    for _ in range(2):
+        y = sim.run(feeds)[x]
+        assert len(sim._sessions) == 3
+        np.testing.assert_allclose(y, _ort(m, feeds), rtol=1e-5, atol=1e-6)
