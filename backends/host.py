@@ -60,12 +60,12 @@ class Sessions:
         self.threads, self.limit = threads, limit or MAX_SESSIONS
         self._live: OrderedDict[Hashable, tuple[ort.InferenceSession, list[str], list[str]]] = OrderedDict()
 
-    def get(self, key: Hashable, model: onnx.ModelProto, what: str) -> tuple[ort.InferenceSession, list[str],
-                                                                              list[str]]:
-        """The session of ``model`` (made if not alive) with its input and output names."""
+    def get(self, key: Hashable, model: onnx.ModelProto | Callable[[], onnx.ModelProto], what: str) -> tuple[
+            ort.InferenceSession, list[str], list[str]]:
+        """The session of ``model`` (or of the model it makes; made if not alive) with its input and output names."""
         entry = self._live.get(key)
         if entry is None:
-            sess = make_session(model, what, self.threads)
+            sess = make_session(model if isinstance(model, onnx.ModelProto) else model(), what, self.threads)
             entry = (sess, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
             self._live[key] = entry
             if len(self._live) > self.limit:

@@ -110,7 +110,7 @@ class Simulator:
         for mvm in (prog.mvms or {}).values():
             self._plans[mvm.node] = [by_matrix[m] for m in mvm.matrices]
         # Ideal mode without an observer: each matrix as one float32 array (the matrix itself when its
-        # slices cover it), so an MVM is one float32 BLAS matmul, as onnxruntime does it.
+        # slices cover it), so an MVM is one float32 matmul, run by onnxruntime as it runs the model's.
         # A conv runs as one onnxruntime Conv on those weights (im2col's product without its memory traffic).
         self._dense: dict[int, np.ndarray] = {}
         self._conv_models: dict[str, tuple[onnx.ModelProto, bool]] = {}  # node -> (model, holds all the MVM)
@@ -225,7 +225,10 @@ class Simulator:
         """
         dense = self._dense.get(id(plans))
         if dense is not None:
-            return x @ dense
+            if not x.size or not dense.size:
+                return x @ dense
+            sess = self._sessions.get(("matmul", id(plans)), lambda: _matmul_model(dense), f"the MVM of {mvm.node}")[0]
+            return run_session(sess, {"x": np.ascontiguousarray(x)}, f"the MVM of {mvm.node}")[0]  # type: ignore[no-any-return]
         if self.observer is not None:
             self.observer("input", mvm.node, x)
         x = x.astype(np.float64)
@@ -521,6 +524,17 @@ def transpose_pads(p: dict[str, Any], spatial: tuple[int, ...], eff: list[int]) 
         begin = [t // 2 if upper else t - t // 2 for t in total]
         end = [t - b for t, b in zip(total, begin, strict=True)]
     return begin, [e - op for e, op in zip(end, out_pad, strict=True)]
+
+
+def _matmul_model(w: np.ndarray) -> onnx.ModelProto:
+    """Ideal mode: x (M x K) @ w as one ONNX MatMul (onnxruntime packs w once per session)."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mvm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", w.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", w.shape[1]])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
 
 
 def _check_conv_rank(mvm: MVM, x: np.ndarray) -> None:
