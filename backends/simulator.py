@@ -1,11 +1,16 @@
 """The reference simulator: runs a compiled Program on numpy and onnxruntime.
 
-Host stages run in onnxruntime; analog stages run every MVM as one matmul
-per slice, batched over all input rows, with partial sums of slices that
-share output columns added digitally.
+Host stages run in onnxruntime (sessions made on first use, one intra-op
+thread, a bounded number alive: backends/host.py); analog stages run every
+MVM batched over all its input rows, with partial sums of slices that share
+output columns added digitally.
 
 - ``ideal``: the float weights, no quantization, no noise; matches
-  onnxruntime on the original model to float32 rounding.
+  onnxruntime on the original model to float32 rounding. Each matrix is
+  assembled once from its slices; a dense MVM is one float32 MatMul on it
+  and a conv one Conv (with its bias and ReLU), both run by onnxruntime's
+  kernels. With an observer (calibration) slices are summed one by one in
+  float64, so each slice's output can be seen.
 - ``hardware``: ``program(seed)`` programs the slices' target conductances
   into simulated devices (backends/analog.py), ``at(t)`` reads them t seconds
   later; inputs are quantized to the spec's input bits at each MVM's
@@ -13,7 +18,12 @@ share output columns added digitally.
   range with saturation, then partial sums, bias and non-fused-at-tile
   activations are applied digitally. A fused activation runs at the tile
   output (before output conversion) when the layer has one row block, no
-  bias and alpha 1; otherwise it is applied after the digital sum.
+  bias and alpha 1; otherwise it is applied after the digital sum. A dense
+  MVM is one numpy matmul per row block (the slices of a block side by
+  side); a conv one onnxruntime Conv per row block, of the quantized input
+  with the block's read weights as its kernel (the products its im2col rows
+  would give; other MVMs use im2col). Read weights are held once, in buffers
+  that ``at(t)`` refills.
 """
 
 from __future__ import annotations
@@ -217,11 +227,9 @@ class Simulator:
         return {t.name: env[t.name] for t in self.prog.outputs}  # type: ignore[misc]
 
     def _matmul_ideal(self, mvm: MVM, x: np.ndarray, plans: list[_SlicePlan], n: int) -> np.ndarray:
-        """x (M x K) @ W via its slices; partial sums over row blocks added digitally.
-
-        Ideal mode sums in float64 and rounds to float32 once: float32 BLAS can round
-        equal columns one ULP apart depending on which slice holds them and where its
-        SIMD tail falls, and a following Softmax turns that into a different answer.
+        """x (M x K) @ W: one onnxruntime MatMul on the assembled matrix (the same float32 kernel the
+        reference runs), or, with an observer, slice by slice in float64 rounded to float32 once
+        (float32 slice sums could round equal columns one ULP apart depending on which slice holds them).
         """
         dense = self._dense.get(id(plans))
         if dense is not None:

@@ -4,9 +4,11 @@ A 784 -> 1024 -> 10 MLP (Gemm, ReLU, Gemm; seeded weights) at batch 256: the
 time of one hardware-mode run of the compiled program (quantized inputs, one
 matmul per slice with programmed-and-drifted PCM weights, quantized outputs,
 digital partial sums) against one onnxruntime run of the original model.
-Both are timed in this process, interleaved, and the medians compared.
+Both are timed in this process, interleaved, in CPU time with one thread each
+(run with OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1; the onnxruntime session
+gets intra_op_num_threads=1, as the simulator's), and the medians compared.
 
-    python benchmarks/bench_hw_sim.py [--batch 256] [--runs 50]
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/bench_hw_sim.py [--batch 256] [--runs 50]
 """
 
 from __future__ import annotations
@@ -54,18 +56,20 @@ def main() -> None:
     sim = Simulator(prog, "hardware")
     sim.program(0)
     sim.at(86400.0)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     sim.run(x), sess.run(None, x)  # warm up
     t_sim, t_ort = [], []
     for _ in range(args.runs):
-        t = time.perf_counter()
+        t = time.process_time()
         sim.run(x)
-        t_sim.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        t_sim.append(time.process_time() - t)
+        t = time.process_time()
         sess.run(None, x)
-        t_ort.append(time.perf_counter() - t)
+        t_ort.append(time.process_time() - t)
     ms, mo = statistics.median(t_sim), statistics.median(t_ort)
-    print(f"784 -> 1024 -> 10 MLP, batch {args.batch}, {len(prog.slices)} slices, median of {args.runs} runs")
+    print(f"784 -> 1024 -> 10 MLP, batch {args.batch}, {len(prog.slices)} slices, median CPU time of {args.runs} runs")
     print(f"onnxruntime (original model):      {1e3 * mo:8.3f} ms")
     print(f"anac hardware-mode simulator:      {1e3 * ms:8.3f} ms   ratio {ms / mo:5.2f}x")
 
