@@ -2,10 +2,13 @@
 
 A host-stage session uses one intra-op thread by default: a session with its
 own thread pool costs ~13 ms to make and ~12 MB of address space (thread
-stacks), one without ~0.5 ms and ~0.1 MB, and host stages are mostly light
+stacks), one without ~0.5 ms and ~1 MB, and host stages are mostly light
 elementwise work between crossbars. A program with thousands of host stages
-(a chain of MatMul/Sigmoid layers) therefore never holds thousands of
-sessions: the least recently run are dropped and remade when needed.
+(a chain of MatMul/Sigmoid layers) never holds more than MAX_SESSIONS
+sessions: the least recently run are dropped and remade when needed. Such a
+program's sessions also go without onnxruntime's memory arena (~0.1 MB each
+then): arenas keep large buffers for the next run, but reserve address space
+per session, and made and dropped they left 2.7 GB of it after 2,000.
 """
 
 from __future__ import annotations
@@ -20,25 +23,27 @@ import onnxruntime as ort
 from anac.core.errors import AnacError
 from anac.core.program import Stage
 
-MAX_SESSIONS = 256  # host-stage and cell sessions alive at once in one simulator
+MAX_SESSIONS = 1024  # sessions alive at once in one simulator
+ARENA_SESSIONS = 64  # a simulator with more sessions than this makes them without a memory arena
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
+def session_options(threads: int = 0, arena: bool = True) -> ort.SessionOptions:
     """Session options shared by host stages and the reference run (quiet logs); ``threads`` intra-op
-    threads, 0 for onnxruntime's default (one per core)."""
+    threads, 0 for onnxruntime's default (one per core); ``arena``: onnxruntime's CPU memory arena."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = arena
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     return so
 
 
-def make_session(model: onnx.ModelProto | str, what: str, threads: int = 0) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto | str, what: str, threads: int = 0, arena: bool = True) -> ort.InferenceSession:
     """An onnxruntime CPU session; failures become AnacErrors naming ``what``."""
     data = model if isinstance(model, str) else model.SerializeToString()
     try:
-        return ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, session_options(threads, arena), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise AnacError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
 
@@ -56,8 +61,8 @@ def run_session(sess: ort.InferenceSession, feeds: dict[str, Any], what: str | C
 class Sessions:
     """onnxruntime sessions made on first use and kept least-recently-used, at most ``limit`` at once."""
 
-    def __init__(self, threads: int = 1, limit: int | None = None) -> None:
-        self.threads, self.limit = threads, limit or MAX_SESSIONS
+    def __init__(self, threads: int = 1, limit: int | None = None, arena: bool = True) -> None:
+        self.threads, self.limit, self.arena = threads, limit or MAX_SESSIONS, arena
         self._live: OrderedDict[Hashable, tuple[ort.InferenceSession, list[str], list[str]]] = OrderedDict()
 
     def get(self, key: Hashable, model: onnx.ModelProto | Callable[[], onnx.ModelProto], what: str) -> tuple[
@@ -65,7 +70,8 @@ class Sessions:
         """The session of ``model`` (or of the model it makes; made if not alive) with its input and output names."""
         entry = self._live.get(key)
         if entry is None:
-            sess = make_session(model if isinstance(model, onnx.ModelProto) else model(), what, self.threads)
+            made = model if isinstance(model, onnx.ModelProto) else model()
+            sess = make_session(made, what, self.threads, self.arena)
             entry = (sess, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
             self._live[key] = entry
             if len(self._live) > self.limit:

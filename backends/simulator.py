@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 from anac.backends.analog import ProgrammedChip, quantize_polarity, quantize_signed, quantize_unsigned
-from anac.backends.host import HostStages, Sessions, run_session
+from anac.backends.host import ARENA_SESSIONS, HostStages, Sessions, run_session
 from anac.core.dataflow import single_row_block
 from anac.core.errors import AnacError, InputError
 from anac.core.ir import TensorInfo
@@ -103,7 +103,10 @@ class Simulator:
         self.prog, self.mode, self.observer = prog, mode, observer
         self.chip: ProgrammedChip | None = None
         self.t: float | None = None
-        self._sessions = Sessions(host_threads)
+        stages = prog.stages or []
+        n_sessions = sum(st.kind == "host" for st in stages) + len(prog.mvms or {}) \
+            + sum(len(cell.models) for rec in prog.recurrent.values() for cell in rec.cells)
+        self._sessions = Sessions(host_threads, arena=n_sessions <= ARENA_SESSIONS)
         self._host = HostStages(self._sessions)
         self._plans: dict[str, list[list[_SlicePlan]]] = {}
         self._stacks: dict[str, list[_RowBlocks]] = {}
@@ -233,7 +236,7 @@ class Simulator:
         """
         dense = self._dense.get(id(plans))
         if dense is not None:
-            if not x.size or not dense.size:
+            if not x.size or dense.size < _ORT_MATMUL:
                 return x @ dense
             sess = self._sessions.get(("matmul", id(plans)), lambda: _matmul_model(dense), f"the MVM of {mvm.node}")[0]
             return run_session(sess, {"x": np.ascontiguousarray(x)}, f"the MVM of {mvm.node}")[0]  # type: ignore[no-any-return]
@@ -532,6 +535,9 @@ def transpose_pads(p: dict[str, Any], spatial: tuple[int, ...], eff: list[int]) 
         begin = [t // 2 if upper else t - t // 2 for t in total]
         end = [t - b for t, b in zip(total, begin, strict=True)]
     return begin, [e - op for e, op in zip(end, out_pad, strict=True)]
+
+
+_ORT_MATMUL = 16384  # weights from which a session's packed MatMul beats numpy's (below, call overhead rules)
 
 
 def _matmul_model(w: np.ndarray) -> onnx.ModelProto:
