@@ -74,14 +74,15 @@ class _ConvBlock:
 class _RowBlocks:
     """Hardware mode: one matrix's slices grouped by row block, so an MVM is one matmul per row block.
 
-    Row block i covers the matrix rows [starts[i], stops[i]) (only the rows its slices use, not the
-    tile's): ``weights[i]`` is (stops[i] - starts[i], N), the read weights of the slices of that block
-    side by side (zero where no slice holds a column); ``full_scale[i]`` is (N,), each column's output
-    range, that of the slice holding it.
+    Row block i covers the matrix rows [starts[i], stops[i]) and columns [cols[i][0], cols[i][1]) (only
+    those its slices use, not the tile's): ``weights[i]`` is (stops[i] - starts[i], columns), the read
+    weights of the slices of that block side by side (zero where no slice holds a column);
+    ``full_scale[i]`` is (columns,), each column's output range, that of the slice holding it.
     """
 
     starts: list[int]
     stops: list[int]
+    cols: list[tuple[int, int]]
     weights: list[np.ndarray]
     full_scale: list[np.ndarray]
 
@@ -197,7 +198,9 @@ class Simulator:
                 for p in group:
                     i = blocks.starts.index(p.rows[0])
                     if conv is None:
-                        slot = (blocks.weights[i], (slice(0, p.rows[1] - p.rows[0]), slice(*p.cols)), False)
+                        c0 = blocks.cols[i][0]
+                        slot = (blocks.weights[i], (slice(0, p.rows[1] - p.rows[0]),
+                                                    slice(p.cols[0] - c0, p.cols[1] - c0)), False)
                     else:
                         b = self._conv_blocks[node][g][i]
                         base = b.c0 * int(np.prod(mvm.params["kernel"]))
@@ -275,12 +278,17 @@ class Simulator:
             unsigned = False
         quantize = quantize_unsigned if unsigned else quantize_signed
         y: np.ndarray | None = None
-        for start, stop, w, scale in zip(blocks.starts, blocks.stops, blocks.weights, blocks.full_scale, strict=True):
+        for start, stop, (c0, c1), w, scale in zip(blocks.starts, blocks.stops, blocks.cols, blocks.weights,
+                                                   blocks.full_scale, strict=True):
             part = xq[:, start:stop] @ w if (start, stop) != (0, k) else xq @ w
             if self._tile_act[mvm.node]:
                 part = apply_activation(part, mvm.activation)  # type: ignore[arg-type]
             q = quantize(part, scale, hw.output_bits, inplace=True)  # part: a fresh product
-            y = q if y is None else np.add(y, q, out=y)
+            if (c0, c1) == (0, n):
+                y = q if y is None else np.add(y, q, out=y)
+            else:  # a block of some columns: the others get nothing from it (0 + ... keeps the sums' values)
+                y = np.zeros((xq.shape[0], n), np.float32) if y is None else y
+                y[:, c0:c1] += q
         assert y is not None  # a matrix has at least one slice
         return y[:m] - y[m:] if hw.input_sign == "two-pass" else y
 
@@ -431,13 +439,15 @@ def _row_blocks(group: list[_SlicePlan], weights: bool = True) -> _RowBlocks:
     each column's output range."""
     starts = sorted({p.rows[0] for p in group})
     stops = [max(p.rows[1] for p in group if p.rows[0] == start) for start in starts]
-    n = max(p.cols[1] for p in group)
-    ws = [np.zeros((stop - start, n), np.float32) for start, stop in zip(starts, stops, strict=True)] \
-        if weights else []
-    scales = [np.ones(n, np.float32) for _ in starts]
+    cols = [(min(p.cols[0] for p in group if p.rows[0] == start),
+             max(p.cols[1] for p in group if p.rows[0] == start)) for start in starts]
+    ws = [np.zeros((stop - start, c1 - c0), np.float32)
+          for start, stop, (c0, c1) in zip(starts, stops, cols, strict=True)] if weights else []
+    scales = [np.ones(c1 - c0, np.float32) for c0, c1 in cols]
     for p in group:
-        scales[starts.index(p.rows[0])][p.cols[0]:p.cols[1]] = p.output_range
-    return _RowBlocks(starts, stops, ws, scales)
+        i = starts.index(p.rows[0])
+        scales[i][p.cols[0] - cols[i][0]:p.cols[1] - cols[i][0]] = p.output_range
+    return _RowBlocks(starts, stops, cols, ws, scales)
 
 
 def _dense(weights: np.ndarray, plans: list[_SlicePlan]) -> np.ndarray:
@@ -627,11 +637,14 @@ def _conv_blocks(mvm: MVM, matrix: Matrix, blocks: _RowBlocks) -> list[_ConvBloc
     kept = None if matrix.kept_rows is None else np.asarray(matrix.kept_rows)
     n = matrix.shape[1]
     out = []
-    for start, stop, scale in zip(blocks.starts, blocks.stops, blocks.full_scale, strict=True):
+    for start, stop, (q0, q1), scale in zip(blocks.starts, blocks.stops, blocks.cols, blocks.full_scale,
+                                            strict=True):
         first, last = (start, stop - 1) if kept is None else (int(kept[start]), int(kept[stop - 1]))
         c0, c1 = first // kk, last // kk + 1
+        full = np.ones(n, np.float32)
+        full[q0:q1] = scale
         out.append(_ConvBlock(np.zeros((n, c1 - c0, *kernel), np.float32), c0, c1, kept,
-                              scale[:n].reshape((1, n) + (1,) * len(kernel))))
+                              full.reshape((1, n) + (1,) * len(kernel))))
     return out
 
 
