@@ -132,6 +132,8 @@ class Simulator:
         # [c0, c1) and output ranges; each slice's destinations for Simulator.at.
         self._conv_blocks: dict[str, list[list[_ConvBlock]]] = {}
         self._slots: dict[int, list[tuple[np.ndarray, Any, bool]]] = {}
+        self._epilogue: dict[int, tuple[np.ndarray | None, bool]] = {}  # ideal dense MatMul models: bias, ReLU
+        self._whole: set[str] = set()  # ideal MVMs whose model holds all of them
         if mode == "ideal" and not per_slice:
             for mvm in (prog.mvms or {}).values():
                 dense = [_dense(prog.matrices[m].weights, plans)  # type: ignore[index]
@@ -142,6 +144,10 @@ class Simulator:
                     continue
                 for plans, w in zip(self._plans[mvm.node], dense, strict=True):
                     self._dense[id(plans)] = w
+                epilogue = _dense_epilogue(mvm, prog.matrices[mvm.matrices[0]], dense[0])  # type: ignore[index]
+                if epilogue is not None:  # bias and ReLU run in the MatMul's model
+                    self._epilogue[id(self._plans[mvm.node][0])] = epilogue
+                    self._whole.add(mvm.node)
         if mode == "hardware":
             missing = [m.node for m in (prog.mvms or {}).values() if m.input_range is None]
             if missing or any(s.output_range is None for s in prog.slices or []):
@@ -241,7 +247,9 @@ class Simulator:
         if dense is not None:
             if not x.size or dense.size < _ORT_MATMUL:
                 return x @ dense
-            sess = self._sessions.get(("matmul", id(plans)), lambda: _matmul_model(dense), f"the MVM of {mvm.node}")[0]
+            sess = self._sessions.get(("matmul", id(plans)),
+                                      lambda: _matmul_model(dense, *self._epilogue.get(id(plans), (None, False))),
+                                      f"the MVM of {mvm.node}")[0]
             return run_session(sess, {"x": np.ascontiguousarray(x)}, f"the MVM of {mvm.node}")[0]  # type: ignore[no-any-return]
         if self.observer is not None:
             self.observer("input", mvm.node, x)
@@ -409,6 +417,8 @@ class Simulator:
             k, n = shapes[0]
             lead = x.shape[:-1]
             y = matmul(x.reshape(-1, k), plans[0], n).reshape(lead + (n,))
+            if mvm.node in self._whole:
+                return y
             if p["squeeze"]:
                 y = y[..., 0]
             if p["y_transpose"]:
@@ -550,12 +560,31 @@ def transpose_pads(p: dict[str, Any], spatial: tuple[int, ...], eff: list[int]) 
 _ORT_MATMUL = 16384  # weights from which a session's packed MatMul beats numpy's (below, call overhead rules)
 
 
-def _matmul_model(w: np.ndarray) -> onnx.ModelProto:
-    """Ideal mode: x (M x K) @ w as one ONNX MatMul (onnxruntime packs w once per session)."""
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mvm",
+def _dense_epilogue(mvm: MVM, matrix: Matrix, w: np.ndarray) -> tuple[np.ndarray | None, bool] | None:
+    """Ideal mode: (bias, ReLU) for a dense MVM whose MatMul model can hold all of it (one matrix of
+    at least _ORT_MATMUL weights, no pruned rows, alpha 1, a bias per column, a ReLU if any, no output
+    transpose or squeeze); None otherwise."""
+    p, act, bias = mvm.params, mvm.activation, mvm.bias
+    if mvm.kind != "dense" or len(mvm.matrices) != 1 or matrix.kept_rows is not None or w.size < _ORT_MATMUL \
+            or p["squeeze"] or p["y_transpose"] or mvm.alpha != 1.0 or (act is not None and act["op"] != "Relu") \
+            or (bias is not None and (bias.dtype != np.float32 or bias.shape != (w.shape[1],))):
+        return None
+    return bias, act is not None
+
+
+def _matmul_model(w: np.ndarray, bias: np.ndarray | None = None, relu: bool = False) -> onnx.ModelProto:
+    """Ideal mode: x (M x K) @ w (+ bias) (then ReLU) as one ONNX model (onnxruntime packs w once per session)."""
+    inits = [numpy_helper.from_array(w, "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"])]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "b"))
+        nodes.append(helper.make_node("Add", ["p", "b"], ["s"]))
+    if relu:
+        nodes.append(helper.make_node("Relu", [nodes[-1].output[0]], ["r"]))
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(nodes, "mvm",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", w.shape[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", w.shape[1]])],
-                              [numpy_helper.from_array(w, "w")])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", w.shape[1]])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
