@@ -54,6 +54,14 @@ def calibrate(prog: Program, data: Mapping[str, np.ndarray] | None = None, *,
         mvm.input_range = _positive(seen_in.get(mvm.node, 0.0))
     for s in prog.slices or []:
         s.output_range = _positive(seen_out.get(s.id, 0.0))
+    # A copy (replicate) sees the same inputs with the same weights: each of its slices takes the widest
+    # range of the copy-0 slices it overlaps (the simulator runs copies with copy 0's output ranges).
+    first = [s for s in prog.slices or [] if s.copy == 0]
+    for s in prog.slices or []:
+        if s.copy:
+            s.output_range = max((f.output_range for f in first if f.matrix == s.matrix  # type: ignore[misc]
+                                  and f.rows[0] < s.rows[1] and s.rows[0] < f.rows[1]
+                                  and f.cols[0] < s.cols[1] and s.cols[0] < f.cols[1]), default=1.0)
     prog.calibration = {"source": source, "percentile": percentile}
     return prog.calibration
 

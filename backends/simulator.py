@@ -39,7 +39,7 @@ from anac.backends.host import ARENA_SESSIONS, HostStages, Sessions, run_session
 from anac.core.dataflow import single_row_block
 from anac.core.errors import AnacError, InputError
 from anac.core.ir import TensorInfo
-from anac.core.program import MVM, Matrix, Program
+from anac.core.program import MVM, Matrix, Program, copy_counts
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
@@ -116,7 +116,14 @@ class Simulator:
         # otherwise slices are views of their matrix (no copy).
         per_slice = mode == "ideal" and observer is not None
         by_matrix: dict[str, list[_SlicePlan]] = {}
+        # Copies (replicate) hold the same weights: the plans are copy 0's. Hardware mode runs a replicated
+        # layer once per copy with that copy's read weights in copy 0's buffers, each copy giving its share
+        # of the products (_run_copies); in ideal mode the split is the identity.
+        self._copies = {m: k for m, k in copy_counts(prog).items() if k > 1}
+        self._copy_reads: dict[tuple[str, int], np.ndarray] = {}  # (matrix, copy) -> its read weights
         for s in prog.slices or []:
+            if s.copy:
+                continue
             w = prog.matrices[s.matrix].weights  # type: ignore[index]
             block = w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]
             block = np.ascontiguousarray(block, dtype=np.float64) if per_slice else block
@@ -176,9 +183,44 @@ class Simulator:
             self._layout()
         self.t = None
         for sid, w in self.chip.read_at(t, drift_compensation):
-            for buf, index, transposed in self._slots[sid]:
+            sl = self.prog.slices[sid]  # type: ignore[index]
+            if sl.matrix in self._copies:
+                key = (sl.matrix, sl.copy)
+                if key not in self._copy_reads:
+                    self._copy_reads[key] = np.zeros(self.prog.matrices[sl.matrix].shape, np.float32)  # type: ignore[index]
+                self._copy_reads[key][sl.rows[0]:sl.rows[1], sl.cols[0]:sl.cols[1]] = w
+            for buf, index, transposed in self._slots.get(sid, ()):
                 buf[index] = w.T if transposed else w
         self.t = t
+
+    def _load_copy(self, mvm: MVM, copy: int) -> None:
+        """Hardware mode: put copy ``copy``'s read weights of a replicated layer in its buffers (copy 0's slots)."""
+        for mid in mvm.matrices:
+            reads = self._copy_reads[(mid, copy)]
+            for p in self._plans[mvm.node][mvm.matrices.index(mid)]:
+                w = reads[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]]
+                for buf, index, transposed in self._slots[p.id]:
+                    buf[index] = w.T if transposed else w
+
+    def _run_copies(self, mvm: MVM, x: np.ndarray, step: int) -> np.ndarray:
+        """Hardware mode, a replicated layer: its products (rows of x: batch x output positions, or batch rows)
+        split in contiguous bands across its copies, each band computed with that copy's devices; with fewer
+        products than copies (a recurrent step) the whole step on copy ``step`` mod copies."""
+        k = max(self._copies[m] for m in mvm.matrices)
+        outs = []
+        try:
+            for c in range(k):
+                self._load_copy(mvm, c)
+                outs.append(self._run_mvm_once(mvm, x))
+        finally:
+            self._load_copy(mvm, 0)
+        rows = [_product_rows(mvm, y) for y in outs]
+        n = len(rows[0])
+        if n < k:
+            return outs[step % k]
+        bands = np.array_split(np.arange(n), k)
+        mixed = np.concatenate([r[b] for r, b in zip(rows, bands, strict=True)])
+        return _from_product_rows(mvm, mixed, outs[0])
 
     def read_weight_bytes(self) -> int:
         """Hardware mode: bytes of the read weights held (row blocks and conv kernels; 0 before the first read)."""
@@ -366,7 +408,7 @@ class Simulator:
                     elif step[0] == "add":
                         e[step[1]] = (e[step[2][0]] + e[step[2][1]]).astype(np.float32)
                     elif step[0] == "mvm":
-                        e[step[3]] = self._run_mvm(self.prog.mvms[step[1]], e[step[2]])  # type: ignore[index]
+                        e[step[3]] = self._run_mvm(self.prog.mvms[step[1]], e[step[2]], t)  # type: ignore[index]
                     else:
                         sess = self._sessions.get((rec.node, d, step[1]), cell.models[step[1]],
                                                   f"the cell of {rec.node} (direction {d}, part {step[1]})")[0]
@@ -381,7 +423,12 @@ class Simulator:
             y, y_h, y_c = np.transpose(y, (2, 0, 1, 3)), np.swapaxes(y_h, 0, 1), np.swapaxes(y_c, 0, 1)
         return {name: v for name, v in zip(rec.outputs, (y, y_h, y_c), strict=True) if name}
 
-    def _run_mvm(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
+    def _run_mvm(self, mvm: MVM, x: np.ndarray, step: int = 0) -> np.ndarray:
+        if self.mode == "hardware" and any(m in self._copies for m in mvm.matrices):
+            return self._run_copies(mvm, x, step)
+        return self._run_mvm_once(mvm, x)
+
+    def _run_mvm_once(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
         matrices = [self.prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
         groups = self._plans[mvm.node] if self.mode == "ideal" else self._stacks[mvm.node]
         # Each group: its kept input rows (None = all, else the rows prune_inputs kept) and its slices.
@@ -442,6 +489,26 @@ class Simulator:
                 y = apply_activation(y, mvm.activation)  # ideal mode: after the sum, the same with one row block
         # not ascontiguousarray: it turns the 0-d result of a 1-D @ 1-D MatMul into shape (1,)
         return np.asarray(y, dtype=np.float32, order="C")
+
+
+def _product_rows(mvm: MVM, y: np.ndarray) -> np.ndarray:
+    """An MVM's output as one row per product (a conv's (batch, position); a dense layer's input row)."""
+    if mvm.kind == "conv":
+        return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    if mvm.params.get("y_transpose"):
+        y = np.swapaxes(y, -1, -2)
+    return y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
+
+
+def _from_product_rows(mvm: MVM, rows: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """The inverse of _product_rows, to the shape of ``like``."""
+    if mvm.kind == "conv":
+        return np.ascontiguousarray(np.moveaxis(rows.reshape((like.shape[0],) + like.shape[2:] + (like.shape[1],)),
+                                                -1, 1))
+    if mvm.params.get("y_transpose"):
+        swapped = like.shape[:-2] + (like.shape[-1], like.shape[-2])
+        return np.ascontiguousarray(np.swapaxes(rows.reshape(swapped), -1, -2))
+    return rows.reshape(like.shape)
 
 
 def _row_blocks(group: list[_SlicePlan], weights: bool = True) -> _RowBlocks:

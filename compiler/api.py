@@ -64,7 +64,7 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
         unbounded = replace(hw if isinstance(hw, HardwareSpec) else load_hardware(hw), max_chips=None)
         probe = driver.compile_model(model, **{**kwargs, "hardware": unbounded,  # measure before fitting
                                                "options": {k: v for k, v in options.items()
-                                                           if k not in (*_BUDGETS, "prune")},
+                                                           if k not in (*_BUDGETS, "prune", "replicate", "objective")},
                                                "pipeline": tuple(p for p in PIPELINE
                                                                  if p.name != "schedule_links")})
         layer_inputs = _layer_inputs(probe, calibration_data) if calibration_data is not None else None

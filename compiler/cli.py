@@ -148,19 +148,28 @@ def _budgeted_spec(hardware: str | None, chips: int | None, max_chips: int | Non
 @_calibration_option
 @click.option("--plan-only", is_flag=True,
               help="Plan without reading the weights (as `anac plan`): tiles, chips, placement, links, estimates.")
+@click.option("--replicate", default=None, metavar="auto|LAYER=K,...",
+              help="Copies of layers' weights on spare tiles, sharing their products: auto (CP-SAT: the slowest "
+                   "pipeline stage as fast as the tile budget allows) or K copies of named layers.")
+@click.option("--objective", type=click.Choice(["accuracy", "throughput", "balanced"]), default=None,
+              help="What spare tiles are for, in one choice of encodings and copies under the budget: accuracy "
+                   "(default: the best encodings, copies from what is left), throughput (the fastest pipeline, "
+                   "then the best encodings; implies --replicate auto) or balanced.")
 @_json_option
 @_command
 def compile_cmd(model: str, output: str | None, hardware: str | None, input_shape: tuple[str, ...],
                 batch: int | None, encoding: str | None, split_strategy: str | None, prune: str | None,
                 chips: int | None, tiles: int | None, pcm_per_weight: float | None, time_limit: float | None,
                 max_chips: int | None, dump_dir: str | None, scale: str | None, clip_sigma: float | None,
-                calibration_data: str | None, plan_only: bool, as_json: bool) -> None:
+                calibration_data: str | None, plan_only: bool, replicate: str | None, objective: str | None,
+                as_json: bool) -> None:
     """Compile MODEL (.onnx) into a program directory."""
     from anac.api import compile_to, load_inputs, summary
+    from anac.core.estimates import performance
 
     options = {"encoding": encoding, "strategy": split_strategy, "scale": scale, "clip_sigma": clip_sigma,
                "prune": prune, "chips": chips, "tiles": tiles, "pcm_per_weight": pcm_per_weight,
-               "time_limit_s": time_limit}
+               "time_limit_s": time_limit, "replicate": replicate, "objective": objective}
     if plan_only:
         if calibration_data:
             raise click.UsageError("--calibration-data calibrates the weights' I/O ranges; --plan-only reads no "
@@ -171,7 +180,9 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
     calib = load_inputs(calibration_data) if calibration_data else None
     prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape), batch=batch,
                            options=options, dump_dir=dump_dir, calibration_data=calib)
-    s = summary(prog)
+    perf = performance(prog)
+    s = {**summary(prog), **{k: perf[k] for k in ("throughput_per_s", "latency_s", "bottleneck")},
+         "replication": prog.replication}
     p, sched = prog.placement_info or {}, prog.schedule or {}
     solved = {"placement": {k: p[k] for k in ("method", "status", "link_bytes", "bound_bytes", "gap") if k in p},
               "schedule": {k: sched[k] for k in ("status", "latency_ns", "bound_ns", "gap") if k in sched}}
@@ -182,6 +193,13 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
     click.echo(f"  {s['analog_nodes']} analog nodes, {s['weights']:,} weights in {s['slices']} slices on "
                f"{s['tiles']} tiles of {s['chips']} chip(s); {s['pcm_devices']:,} PCM devices "
                f"({s['pcm_per_weight']} per weight); {s['host_stages']} host stage(s)")
+    if perf["throughput_per_s"]:
+        click.echo(f"  estimate: {perf['throughput_per_s']:,.0f} inferences/s pipelined, latency "
+                   f"{(perf['latency_s'] or 0) * 1e6:,.1f} us, bound by {perf['bottleneck']}")
+    if prog.replication:
+        r = prog.replication
+        click.echo(f"  copies ({r['status']}): " + (", ".join(f"{n} x{k}" for n, k in r["copies"].items())
+                                                    or "none") + f"; {r['tiles']} of {r['budget_tiles']} tiles")
     hw_ = s["host_weights"]
     if hw_["weights"]:
         click.echo(f"  {hw_['weights']:,} weights stay on the host ({hw_['share']:.1%}), largest: "

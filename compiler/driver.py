@@ -26,6 +26,7 @@ from anac.passes.assign_devices import AssignDevices
 from anac.passes.partition import Partition
 from anac.passes.place import Place
 from anac.passes.prune_inputs import PruneInputs
+from anac.passes.replicate import Replicate
 from anac.passes.schedule_links import ScheduleLinks
 from anac.passes.split_matrices import SplitMatrices
 
@@ -43,7 +44,8 @@ class Pass(Protocol):
 # Options the API measures and hands to passes; what they lead to is reported, not stored as options.
 MEASURED_OPTIONS = ("sensitivity", "row_scale")
 
-PIPELINE: tuple[Pass, ...] = (Partition(), PruneInputs(), AssignDevices(), SplitMatrices(), Place(), ScheduleLinks())
+PIPELINE: tuple[Pass, ...] = (Partition(), PruneInputs(), AssignDevices(), SplitMatrices(), Replicate(), Place(),
+                              ScheduleLinks())
 
 
 def pass_options(pipeline: Sequence[Pass] = PIPELINE) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from anac.core.artifact import report_json
+from anac.core.estimates import performance
 from anac.core.program import Program
 from anac.views import placement_table
 
@@ -220,7 +221,8 @@ def render_html(prog: Program, verify: dict[str, Any] | None = None, source: str
                                              f'{html.escape(n)}' for n in legend) + "</p>",
             '<h2>Links</h2><table id="links"><tr><th>link</th><th>bytes per inference</th><th>transfers</th>'
             f"<th>busy (us)</th></tr>{links}</table>",
-            f"<h2>Timeline of one inference</h2>{timeline_svg(prog)}"]
+            f"<h2>Timeline of one inference</h2>{timeline_svg(prog)}",
+            f"<h2>Busy time per layer</h2>{busy_svg(prog)}"]
     if verify is not None:
         body.append(f"<h2>Accuracy after programming</h2>{accuracy_svg(verify)}")
     body.append(f'<script type="application/json" id="report">{json_for_html(report)}</script>')
@@ -228,6 +230,36 @@ def render_html(prog: Program, verify: dict[str, Any] | None = None, source: str
              "padding:3px 8px;text-align:left}.chips svg{margin:4px;border:1px solid #999}")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}{_SCRIPT}</body></html>")
+
+
+def busy_svg(prog: Program) -> str:
+    """Per crossbar layer, its busy time per inference on its busiest tile as a bar (rect class "busy"),
+    scaled to the bounding stage, which is named below."""
+    if prog.chips_used is None or not prog.mvms:
+        return "<p>not placed</p>"
+    perf = performance(prog)
+    layers = perf["layers"]
+    top = max([perf["bottleneck_busy_s"] or 0.0, *(v["busy_s"] for v in layers.values())]) or 1.0
+    color = _palette(prog)
+    label, width, bar_h = 220, 420, 16
+    h = bar_h * len(layers) + 8
+    parts = [f'<svg class="busy" xmlns="http://www.w3.org/2000/svg" width="{label + width + 160}" height="{h}">']
+    for i, (n, v) in enumerate(layers.items()):
+        y = 4 + i * bar_h
+        w = max(1.0, width * v["busy_s"] / top)
+        extra = f" ({v['copies']} copies)" if v["copies"] > 1 else ""
+        parts.append(f'<text x="0" y="{y + 12}" font-size="11">{html.escape(n)}</text>'
+                     f'<g><title>{html.escape(n)}: {v["busy_s"] * 1e6:,.1f} us per inference, {v["mvms"]:,} MVMs, '
+                     f'{v["copies"]} copies, tile {v["tile"]}</title>'
+                     f'<rect class="busy" data-layer="{html.escape(n)}" data-busy-s="{v["busy_s"]}" x="{label}" '
+                     f'y="{y}" width="{w:.1f}" height="{bar_h - 3}" fill="{color[n]}"/></g>'
+                     f'<text x="{label + w + 4:.1f}" y="{y + 12}" font-size="11">{v["busy_s"] * 1e6:,.1f} us'
+                     f'{extra}</text>')
+    parts.append("</svg>")
+    tp = perf["throughput_per_s"]
+    note = (f"<p>Bars: share of the bounding stage, {html.escape(str(perf['bottleneck']))} "
+            f"({top * 1e6:,.1f} us per inference); estimate {tp:,.0f} inferences/s pipelined.</p>" if tp else "")
+    return "".join(parts) + note
 
 
 def write_html(prog: Program, path: str | Path, verify: dict[str, Any] | None = None,

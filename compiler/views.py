@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from anac.core.artifact import summary
-from anac.core.estimates import energy
+from anac.core.estimates import energy, performance
 from anac.core.program import Program, Slice
 
 _SHADES = " .:-=+*#%@"  # tile utilisation 0 % .. 100 % in ten steps
@@ -128,6 +128,7 @@ def render_text(prog: Program, tiles: bool = False) -> str:
         lines.append("host stages: " + ", ".join(f"{h['stage']} ({h['nodes']} nodes)" for h in host))
     elif host:
         lines.append(f"host stages: {len(host)} with {sum(h['nodes'] for h in host)} nodes")
+    lines += busy_bars(prog, limit=None if tiles else 8)
     s = table["summary"]
     hw_ = s["host_weights"]
     if hw_["weights"]:
@@ -145,6 +146,35 @@ def render_text(prog: Program, tiles: bool = False) -> str:
     if not tiles:
         lines.append("(the layers of each chip and its per-tile slice table: --tiles)")
     return "\n".join(lines)
+
+
+def busy_bars(prog: Program, width: int = 40, limit: int | None = None) -> list[str]:
+    """Per crossbar layer (the ``limit`` busiest, in program order), its busy time per inference on its
+    busiest tile as a bar (the pipeline's stages), then the estimate's throughput, latency and bounding stage."""
+    if prog.chips_used is None or not prog.mvms:
+        return []
+    perf = performance(prog)
+    layers = perf["layers"]
+    if limit is not None and len(layers) > limit:
+        keep = set(sorted(layers, key=lambda n: -layers[n]["busy_s"])[:limit])
+        layers = {n: v for n, v in layers.items() if n in keep}
+    top = max([perf["bottleneck_busy_s"] or 0.0, *(v["busy_s"] for v in layers.values())]) or 1.0
+    lines = [f"busy time per inference (bar: share of the bounding stage, {top * 1e6:,.1f} us):"]
+    for n, v in layers.items():
+        bar = "#" * max(1, round(width * v["busy_s"] / top))
+        lines.append(f"  {_short(n, 24):<24} {bar:<{width}} {v['busy_s'] * 1e6:>10,.1f} us  {v['mvms']:,} MVMs"
+                     + (f" over {v['copies']} copies" if v["copies"] > 1 else "") + f", tile {v['tile']}")
+    if len(layers) < len(perf["layers"]):
+        lines.append(f"  ... {len(perf['layers']) - len(layers)} less busy layer(s) (--tiles shows all)")
+    if perf["throughput_per_s"]:
+        lines.append(f"estimate: {perf['throughput_per_s']:,.0f} inferences/s pipelined, latency "
+                     f"{(perf['latency_s'] or 0) * 1e6:,.1f} us, bound by {perf['bottleneck']}")
+    r = prog.replication
+    if r:
+        lines.append(f"copies ({r['status']}, {r['budget']}): "
+                     + (", ".join(f"{n} x{k}" for n, k in r["copies"].items()) or "none")
+                     + f"; {r['tiles']} tiles (without copies {r['tiles_without_copies']})")
+    return lines
 
 
 def _rng(r: list[int]) -> str:

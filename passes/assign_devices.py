@@ -10,8 +10,15 @@ With a budget (``chips``, ``tiles`` or ``pcm_per_weight`` as an average), the
 layers not fixed by ``encoding`` get the encodings that minimise the sum of
 squared per-layer sensitivities (``sensitivity``, measured by
 backends/estimates.py) subject to the budget: a multiple-choice knapsack
-solved exactly by OR-tools CP-SAT. Tiles are counted as the packer places
-them, ceil(devices of an encoding / devices per tile) per encoding.
+solved exactly by OR-tools CP-SAT. The choice is per slice column: each
+block of a tile's columns of a layer (its slices side by side, each
+programmed on tiles of its own) takes its own encoding, so a layer can be
+part 4-PCM, part 2-PCM and spare tiles are not left idle when a whole layer
+would not fit; a block's error counts as its share of the layer's weights
+times the layer's squared sensitivity. Tiles are counted as the packer
+places them, ceil(devices of an encoding / devices per tile) per encoding.
+The blocks of a mixed layer are reported in ``slice_encodings`` (read by
+split_matrices), the layer's ``encodings`` entry is its majority encoding.
 
 It runs before split_matrices because an encoding sets a tile's weight grid.
 """
@@ -67,22 +74,34 @@ class AssignDevices:
             first = prog.matrices[mvm.matrices[0]]  # type: ignore[index]
             chosen[mvm.node] = per_layer.get(mvm.node) or first.encoding or default or hw.default_encoding
         info: dict[str, Any] = {"status": "fixed"}
+        per_block: dict[str, list[str]] = {}
         if self._budgeted():
             free = [n for n in mvms if n not in per_layer]
-            chosen, info = self._solve(prog, chosen, free)
+            chosen, per_block, info = self._solve(prog, chosen, free)
         for mvm in mvms.values():
             for mid in mvm.matrices:
                 m = prog.matrices[mid]  # type: ignore[index]
                 m.encoding = chosen[mvm.node]
                 m.per_column = self.scale == "column"
                 m.clip_sigma = self.clip_sigma
-        weights = {n: _weights(prog, n) for n in mvms}
-        devices = sum(weights[n] * hw.encoding(e).devices_per_weight for n, e in chosen.items())
-        total = sum(weights.values())
+        devices = total = 0
+        sq_error = 0.0
+        for n in mvms:
+            encs = per_block.get(n) or [chosen[n]] * len(column_blocks(prog, n))
+            layer_w = _weights(prog, n)
+            for (_, _, _, w), e in zip(column_blocks(prog, n), encs, strict=True):
+                devices += w * hw.encoding(e).devices_per_weight
+                total += w
+                if self.sensitivity is not None and n in self.sensitivity:
+                    sq_error += w / layer_w * self.sensitivity[n][e] ** 2
         info.update({"encodings": chosen, "pcm_per_weight": round(devices / total, 4) if total else 0.0})
+        if per_block:
+            info["slice_encodings"] = {mid: [e for (m, _, _, _), e in zip(column_blocks(prog, n), encs, strict=True)
+                                             if m == mid]
+                                       for n, encs in per_block.items() for mid in mvms[n].matrices}
+            info["mixed_layers"] = {n: {e: encs.count(e) for e in sorted(set(encs))} for n, encs in per_block.items()}
         if self.sensitivity is not None:
-            info["estimated_error"] = round(sum(self.sensitivity[n][e] ** 2 for n, e in chosen.items()
-                                                if n in self.sensitivity) ** 0.5, 6)
+            info["estimated_error"] = round(sq_error ** 0.5, 6)
             info["sensitivity"] = {n: {e: round(v, 6) for e, v in s.items()} for n, s in self.sensitivity.items()}
         prog.assignment = info
 
@@ -92,7 +111,8 @@ class AssignDevices:
     def _tile_budget(self, hw: HardwareSpec) -> int | None:
         return tile_budget(hw, self.chips, self.tiles)
 
-    def _solve(self, prog: Program, chosen: dict[str, str], free: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
+    def _solve(self, prog: Program, chosen: dict[str, str],
+               free: list[str]) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any]]:
         from ortools.sat.python import cp_model
 
         hw = prog.hardware
@@ -121,10 +141,14 @@ class AssignDevices:
             raise CapacityError(f"the model does not fit {budget_text}: its smallest mapping needs "
                                 f"{sum(floor.values()) / total_w:.3f} PCM per weight")
         m = cp_model.CpModel()
-        x = {(n, e): m.new_bool_var(f"x_{i}_{e}") for i, n in enumerate(free) for e in encs}
+        blocks = {n: column_blocks(prog, n) for n in free}
+        x = {(n, b, e): m.new_bool_var(f"x_{i}_{b}_{e}") for i, n in enumerate(free)
+             for b in range(len(blocks[n])) for e in encs}
         for n in free:
-            m.add_exactly_one(x[n, e] for e in encs)
-        dev = {e: sum(weights[n] * hw.encoding(e).devices_per_weight * x[n, e] for n in free)
+            for b in range(len(blocks[n])):
+                m.add_exactly_one(x[n, b, e] for e in encs)
+        dev = {e: sum(blk[3] * hw.encoding(e).devices_per_weight * x[n, b, e]
+                      for n in free for b, blk in enumerate(blocks[n]))
                + sum(weights[n] * hw.encoding(e).devices_per_weight for n, c in chosen.items()
                      if n not in free and c == e) for e in encs}
         if tile_budget is not None:
@@ -135,7 +159,8 @@ class AssignDevices:
         if self.pcm_per_weight is not None:
             m.add(1000 * sum(dev.values()) <= round(1000 * self.pcm_per_weight) * total_w)
         sens = self.sensitivity or {}
-        m.minimize(sum(round(_ERROR_SCALE * sens[n][e] ** 2) * x[n, e] for n in free for e in encs))
+        m.minimize(sum(round(_ERROR_SCALE * blk[3] / weights[n] * sens[n][e] ** 2) * x[n, b, e]
+                       for n in free for b, blk in enumerate(blocks[n]) for e in encs))
         solver = cp_model.CpSolver()
         solver.parameters.max_time_in_seconds = self.time_limit_s
         solver.parameters.random_seed = self.seed
@@ -149,13 +174,18 @@ class AssignDevices:
             raise AnacError(f"CP-SAT found no encoding choice within {self.time_limit_s} s for {budget_text}; "
                             f"raise the time limit")
         out = dict(chosen)
+        per_block: dict[str, list[str]] = {}
         for n in free:
-            out[n] = next(e for e in encs if solver.value(x[n, e]))
+            got = [next(e for e in encs if solver.value(x[n, b, e])) for b in range(len(blocks[n]))]
+            share = {e: sum(blk[3] for blk, g in zip(blocks[n], got, strict=True) if g == e) for e in set(got)}
+            out[n] = max(sorted(share), key=lambda e: share[e])
+            if len(share) > 1:
+                per_block[n] = got
         obj, bound = solver.objective_value, solver.best_objective_bound
         info = {"status": "optimal" if status == cp_model.OPTIMAL else "feasible",
                 "gap": 0.0 if status == cp_model.OPTIMAL or obj == 0 else round((obj - bound) / obj, 6),
                 "budget": budget_text, "min_tiles": min_tiles, "solve_time_s": round(elapsed, 3)}
-        return out, info
+        return out, per_block, info
 
     def _budget_text(self, hw: HardwareSpec) -> str:
         parts = []
@@ -172,6 +202,17 @@ def tile_budget(hw: HardwareSpec, chips: int | None, tiles: int | None) -> int |
     """The tighter of a chip budget (in tiles) and a tile budget; None when neither is set."""
     budgets = [b for b in (tiles, None if chips is None else chips * hw.tiles_per_chip) if b is not None]
     return min(budgets) if budgets else None
+
+
+def column_blocks(prog: Program, node: str) -> list[tuple[str, int, int, int]]:
+    """A layer's blocks of one tile's columns, each (matrix, first column, last column + 1, weights): the unit
+    of the encoding choice (split_matrices cuts a mixed matrix at these columns)."""
+    cols = prog.hardware.tile_cols
+    out = []
+    for mid in prog.mvms[node].matrices:  # type: ignore[index]
+        k, n = prog.matrices[mid].shape  # type: ignore[index]
+        out += [(mid, c, min(n, c + cols), k * (min(n, c + cols) - c)) for c in range(0, n, cols)]
+    return out
 
 
 def _weights(prog: Program, node: str) -> int:

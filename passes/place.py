@@ -2,8 +2,9 @@
 
 Per encoding (a tile holds one encoding only: the encoding fixes how the
 tile's rows drive its unit cells, 2-PCM two weights per cell on separate
-rows, 4-PCM one weight per cell), full-grid slices take a tile each; the
-rest are packed tallest first into the free rectangles of the newest tile
+rows, 4-PCM one weight per cell), full-grid slices (and those replicate
+marks ``own_tile``, so that no other layer shares their time) take a tile
+each; the rest are packed tallest first into the free rectangles of the newest tile
 (guillotine cuts), and a slice larger than the free space is cut to fit,
 its pieces' partial sums added digitally like those of any other slices.
 Every tile but the last of each encoding is thus filled, and the tile count
@@ -76,7 +77,7 @@ class Place:
             tiles.extend(_pack(group, *hw.weight_grid(encoding), encoding, self.min_cut))
         placed = [s for tile in tiles for s in tile.slices]
         order = {mid: i for i, mid in enumerate(prog.matrices or {})}
-        placed.sort(key=lambda s: (order[s.matrix], s.rows, s.cols))
+        placed.sort(key=lambda s: (order[s.matrix], s.copy, s.rows, s.cols))
         for i, s in enumerate(placed):
             s.id = i
         for tile in tiles:
@@ -351,7 +352,7 @@ def _pack(slices: list[Slice], rows: int, cols: int, encoding: str, min_cut: int
     tiles: list[_Tile] = []
     waiting: list[Slice] = []
     for s in slices:
-        if s.n_rows == rows and s.n_cols == cols:
+        if (s.n_rows == rows and s.n_cols == cols) or s.own_tile:
             s.row_offset, s.col_offset = 0, 0
             tiles.append(_Tile(encoding, [], [s]))
         else:
@@ -371,7 +372,7 @@ def _pack(slices: list[Slice], rows: int, cols: int, encoding: str, min_cut: int
         i, (r, c, h, w) = spot
         ph, pw = min(piece.n_rows, h), min(piece.n_cols, w)
         placed = Slice(-1, piece.matrix, (piece.rows[0], piece.rows[0] + ph), (piece.cols[0], piece.cols[0] + pw),
-                       piece.encoding, row_offset=r, col_offset=c)
+                       piece.encoding, row_offset=r, col_offset=c, copy=piece.copy)
         current.slices.append(placed)
         # Guillotine: the free rectangle loses the placed corner; keep the part right of it
         # full height (tall pieces come first) and the part below it as wide as the piece.
@@ -383,9 +384,10 @@ def _pack(slices: list[Slice], rows: int, cols: int, encoding: str, min_cut: int
         rest = []
         if piece.n_rows > ph:  # rows the tile could not take
             rest.append(Slice(-1, piece.matrix, (piece.rows[0] + ph, piece.rows[1]),
-                              (piece.cols[0], piece.cols[0] + pw), piece.encoding))
+                              (piece.cols[0], piece.cols[0] + pw), piece.encoding, copy=piece.copy))
         if piece.n_cols > pw:  # columns the tile could not take
-            rest.append(Slice(-1, piece.matrix, piece.rows, (piece.cols[0] + pw, piece.cols[1]), piece.encoding))
+            rest.append(Slice(-1, piece.matrix, piece.rows, (piece.cols[0] + pw, piece.cols[1]), piece.encoding,
+                              copy=piece.copy))
         queue.extendleft(reversed(rest))
     return tiles
 

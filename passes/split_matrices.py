@@ -3,7 +3,9 @@
 A K x N matrix under an encoding with an R x C weight grid per tile becomes
 ceil(K/R) x ceil(N/C) slices ("fill": full tiles first, the remainder last).
 Slices that share output columns produce partial sums that are added
-digitally (on the host in the default preset).
+digitally (on the host in the default preset). A matrix that assign_devices
+mixed (``slice_encodings``) is cut per block of the tile's columns, each
+block with its own encoding's row grid.
 """
 
 from __future__ import annotations
@@ -30,10 +32,16 @@ class SplitMatrices:
         if self.strategy not in STRATEGIES:
             raise AnacError(f"unknown split strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
         slices: list[Slice] = []
+        mixed = (prog.assignment or {}).get("slice_encodings", {})
         for m in (prog.matrices or {}).values():
             encoding = m.encoding or prog.hardware.default_encoding
             grid_rows, grid_cols = prog.hardware.weight_grid(encoding)
             k, n = m.shape
+            if m.id in mixed:  # per column block (of the tile's columns) its own encoding and row grid
+                for (c0, c1), enc in zip(_ranges(n, grid_cols, "fill"), mixed[m.id], strict=True):
+                    for r0, r1 in _ranges(k, prog.hardware.weight_grid(enc)[0], self.strategy):
+                        slices.append(Slice(len(slices), m.id, (r0, r1), (c0, c1), enc))
+                continue
             for r0, r1 in _ranges(k, grid_rows, self.strategy):
                 for c0, c1 in _ranges(n, grid_cols, self.strategy):
                     slices.append(Slice(len(slices), m.id, (r0, r1), (c0, c1), encoding))

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from anac import __version__
 from anac.core.errors import ArtifactError
-from anac.core.estimates import energy
+from anac.core.estimates import energy, performance
 from anac.core.frontend import tensor_info
 from anac.core.hardware import HardwareSpec
 from anac.core.ir import Graph, Node, TensorInfo
@@ -74,6 +74,7 @@ def program_json(prog: Program) -> dict[str, Any]:
         "calibration": prog.calibration,
         "pruning": prog.pruning,
         "assignment": _untimed(prog.assignment),
+        "replication": _untimed(prog.replication),
         "tensor_elements": prog.tensor_elements,
         "recurrent": [r.to_json() for r in prog.recurrent.values()],
         "schedule": _untimed(prog.schedule),
@@ -98,7 +99,7 @@ def summary(prog: Program) -> dict[str, Any]:
         "chips": prog.chips_used or 0,
         "pcm_devices": devices,
         "weights": weights,
-        "pcm_per_weight": round(devices / weights, 4) if weights else 0.0,
+        "pcm_per_weight": round(_first_copy_devices(prog) / weights, 4) if weights else 0.0,  # copies aside
         "device_utilisation": round(devices / cap, 4) if cap else 0.0,
         "analog_nodes": len(prog.mvms or {}),
         "host_nodes": sum(len(s.nodes) for s in stages if s.kind == "host"),
@@ -150,6 +151,12 @@ def _host_reason(model: onnx.ModelProto, proto: onnx.NodeProto) -> str:
     return why if isinstance(why, str) else "runs on the host"
 
 
+def _first_copy_devices(prog: Program) -> int:
+    """Devices holding each weight once (copy 0 of every matrix): PCM per weight is the encodings' figure."""
+    return sum(s.n_rows * s.n_cols * prog.hardware.encoding(s.encoding).devices_per_weight
+               for s in prog.slices or [] if s.copy == 0)
+
+
 def report_json(prog: Program) -> dict[str, Any]:
     """report.json: the summary, per-layer figures, placement status and pass timings."""
     layers = []
@@ -163,10 +170,12 @@ def report_json(prog: Program) -> dict[str, Any]:
                        "matrices": len(mats), "shape": list(mats[0].shape), "encoding": mats[0].encoding,
                        "slices": len(sl), "tiles": len({(s.chip, s.tile) for s in sl})})
     return {**summary(prog), "layers": layers, "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
-            "assignment": prog.assignment, "pruning": prog.pruning, "calibration": prog.calibration,
+            "assignment": prog.assignment, "replication": prog.replication, "pruning": prog.pruning,
+            "calibration": prog.calibration,
             "absorbed_embeddings": {r.node: r.absorbed for r in prog.recurrent.values() if r.absorbed},
             "schedule": {k: v for k, v in (prog.schedule or {}).items() if k != "timeline"},
             "energy": energy(prog) if prog.slices is not None and prog.stages is not None else None,
+            "performance": performance(prog) if prog.chips_used is not None else None,
             "timings_s": {k: round(v, 4) for k, v in prog.timings.items()}}
 
 
@@ -460,6 +469,7 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
     for key in ("calibration", "pruning", "assignment", "tensor_elements", "schedule"):
         where[0] = key
         setattr(prog, key, data[key])
+    prog.replication = data.get("replication")  # absent in programs written before replicate
     prog.recurrent = {}
     where[0] = "recurrent"
     for i, r in enumerate(data["recurrent"]):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from anac.core.program import MVM, Program
+from anac.core.program import MVM, Program, copy_counts
 
 BYTES_PER_ELEMENT = 1  # 8-bit inputs and outputs
 
@@ -64,6 +64,34 @@ def layer_tiles(prog: Program) -> dict[str, dict[tuple[int, int], list[int]]]:
     for s in prog.slices or []:
         out[prog.matrices[s.matrix].node][(s.chip, s.tile)].append(s.id)  # type: ignore[index]
     return out
+
+
+def copy_vectors(vectors: int, copies: int, copy: int) -> int:
+    """The input vectors (products) copy ``copy`` of ``copies`` runs: the vectors split as evenly as possible."""
+    return vectors // copies + (copy < vectors % copies)
+
+
+def slice_vectors(prog: Program) -> dict[int, int]:
+    """{slice id: the MVMs it runs per inference}: its layer's vectors, shared among the copies of its matrix."""
+    copies = copy_counts(prog)
+    out = {}
+    for s in prog.slices or []:
+        m = prog.matrices[s.matrix]  # type: ignore[index]
+        vectors = max(1, (prog.mvms or {})[m.node].params.get("traffic", {}).get("vectors", 1))
+        out[s.id] = copy_vectors(vectors, copies.get(s.matrix, 1), s.copy)
+    return out
+
+
+def tile_time_ns(prog: Program, ids: list[int], vectors: dict[int, int]) -> float:
+    """Time the slices ``ids`` of one layer on one tile take per inference: per copy, its vectors times
+    the time slots its slices use (slices in one slot share no rows or columns and integrate together)."""
+    slots: dict[int, set[int]] = defaultdict(set)
+    runs: dict[int, int] = {}
+    for i in ids:
+        s = prog.slices[i]  # type: ignore[index]
+        slots[s.copy].add(s.slot)
+        runs[s.copy] = vectors[i]
+    return prog.hardware.mvm_time_ns * sum(runs[c] * len(slots[c]) for c in slots)
 
 
 def route(hw_links_topology: str, chips: int, a: int, b: int) -> list[str]:
@@ -113,9 +141,11 @@ def tasks(prog: Program) -> list[Task]:
                 producer[t] = f"host:{st.name}"
     on_tiles = layer_tiles(prog)
     on_chip = outputs_on_chip(prog)
-    cols_on: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # layer -> chip -> output columns
+    vec = slice_vectors(prog)
+    # layer -> chip -> output words per inference (columns times the vectors of their copy)
+    words_on: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for s in prog.slices or []:
-        cols_on[prog.matrices[s.matrix].node][s.chip] += s.n_cols  # type: ignore[index]
+        words_on[prog.matrices[s.matrix].node][s.chip] += s.n_cols * vec[s.id]  # type: ignore[index]
     by_recurrent: dict[str, list[str]] = defaultdict(list)
     for m, mv in mvms.items():
         if "recurrent" in mv.params:
@@ -159,33 +189,32 @@ def tasks(prog: Program) -> list[Task]:
             in_bytes = traffic.get("in_elements", 0) * BYTES_PER_ELEMENT
             done_on_chip[node] = {}
             for chip, keys in sorted(by_chip.items()):
+                need = _input_share(prog, [i for key in keys for i in tiles[key]], vec)
                 if chip_src:
                     after = []
-                    src_cols = cols_on[src_layer[4:]]
+                    src_cols = words_on[src_layer[4:]]
                     total_cols = sum(src_cols.values())
                     for q, q_tasks in sorted(done_on_chip[src_layer[4:]].items()):
                         if q == chip:
                             after += q_tasks  # on-chip mesh: no link
                         else:
-                            share = src_cols[q] / total_cols if total_cols else 0.0  # its output columns on q
+                            share = src_cols[q] / total_cols if total_cols else 0.0  # its output words on q
                             after.append(transfer(f"x:{src_layer[4:]}@{q}>{node}@{chip}", q, chip,
-                                                  int(in_bytes * share), q_tasks).id)
+                                                  int(in_bytes * share * need), q_tasks).id)
                 else:
-                    after = [transfer(f"in:{node}>{chip}", -1, chip, in_bytes,
+                    after = [transfer(f"in:{node}>{chip}", -1, chip, int(in_bytes * need),
                                       list(ready_on_host.get(mvm.input, []))).id]
                 ids = []
                 for key in keys:
-                    n_slices = len(tiles[key])
                     tid = f"mvm:{node}@{key[0]}.{key[1]}"
-                    out.append(Task(tid, "mvm", [f"tile:{key[0]}.{key[1]}"],
-                                    hw.mvm_time_ns * max(1, traffic.get("vectors", 1)) * n_slices, list(after)))
+                    out.append(Task(tid, "mvm", [f"tile:{key[0]}.{key[1]}"], tile_time_ns(prog, tiles[key], vec),
+                                    list(after)))
                     ids.append(tid)
                 done_on_chip[node][chip] = ids
             if not on_chip[node] or "recurrent" in mvm.params or mvm.output in host_reads:
                 back = []
                 for chip, ids in sorted(done_on_chip[node].items()):
-                    back.append(transfer(f"out:{node}<{chip}", chip, -1,
-                                         max(1, traffic.get("vectors", 1)) * cols_on[node][chip] * BYTES_PER_ELEMENT,
+                    back.append(transfer(f"out:{node}<{chip}", chip, -1, words_on[node][chip] * BYTES_PER_ELEMENT,
                                          ids).id)
                 if not on_chip[node]:  # partial sums reduced on the host
                     out.append(Task(f"sum:{node}", "sum", ["host"],
@@ -201,6 +230,17 @@ def tasks(prog: Program) -> list[Task]:
             for t in st.outputs:
                 ready_on_host[t] = [f"host:{st.name}"]
     return out
+
+
+def _input_share(prog: Program, ids: list[int], vec: dict[int, int]) -> float:
+    """The fraction of a layer's input vectors that the slices ``ids`` (one chip's) need: those of their copies."""
+    matrix = prog.slices[ids[0]].matrix  # type: ignore[index]
+    if copy_counts(prog).get(matrix, 1) == 1:
+        return 1.0
+    mine = {prog.slices[i].copy: vec[i] for i in ids}  # type: ignore[index]
+    m = prog.matrices[matrix]  # type: ignore[index]
+    vectors = max(1, (prog.mvms or {})[m.node].params.get("traffic", {}).get("vectors", 1))
+    return min(1.0, sum(mine.values()) / vectors)
 
 
 def link_bytes(prog: Program) -> dict[str, int]:

@@ -1,6 +1,18 @@
-"""Energy per inference of a placed program, from the spec's energy figures and the link schedule.
+"""Estimates of a placed program: energy per inference, and the pipeline's throughput and latency.
 
-MACs: every slice runs one MVM per input vector (rows x columns MACs each).
+Throughput: the layers work as a pipeline (inferences in flight one behind
+another), so the busiest resource bounds the steady state. Per crossbar
+layer: its matrix-vector products per inference (conv output positions x
+batch, recurrent time steps x batch, tokens), each ``mvm_time_ns`` of the spec
+on its tiles (the IBM preset: the paper's 300 ns step), its copies sharing the
+products; slices of one tile that share rows or columns run one after
+another. The host runs host stages, recurrent gates and digital partial
+sums; links carry every transfer (core/dataflow.py). Latency is the
+makespan of schedule_links' timeline for one inference.
+
+Energy per inference, from the spec's energy figures and the link schedule.
+
+MACs: every slice runs one MVM per input vector of its copy (rows x columns MACs each).
 Tile I/O: every input and output word of every slice passes a landing pad.
 Links: the bytes of every transfer in the dataflow. Host: one operation per
 output element of host stages, digital partial sums and recurrent gates.
@@ -10,19 +22,62 @@ The chip's TOPS/W counts analog MACs (2 ops each) over the chip's energy
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
-from anac.core.dataflow import tasks
-from anac.core.program import Program
+from anac.core.dataflow import layer_tiles, slice_vectors, tasks, tile_time_ns
+from anac.core.program import Program, copy_counts
+
+
+def performance(prog: Program) -> dict[str, Any]:
+    """Steady-state throughput (inferences/s), latency of one inference (s), the bounding stage, and per
+    layer its products per inference, copies, tiles and busy time (s) on its busiest tile."""
+    busy: dict[str, float] = defaultdict(float)
+    for t in tasks(prog):
+        for r in t.resources:
+            busy[r] += t.duration_ns
+    vec = slice_vectors(prog)
+    copies = copy_counts(prog)
+    on_tile: dict[str, list[str]] = defaultdict(list)
+    layers: dict[str, dict[str, Any]] = {}
+    for node, tiles in layer_tiles(prog).items():
+        own = {key: tile_time_ns(prog, ids, vec) for key, ids in tiles.items()}
+        worst = max(own, key=lambda k: (own[k], k))
+        mvm = (prog.mvms or {})[node]
+        for key in tiles:
+            on_tile[f"tile:{key[0]}.{key[1]}"].append(node)
+        layers[node] = {"mvms": max(1, mvm.params.get("traffic", {}).get("vectors", 1)),
+                        "copies": max(copies.get(m, 1) for m in mvm.matrices), "tiles": len(tiles),
+                        "busy_s": own[worst] * 1e-9, "tile": f"{worst[0]}.{worst[1]}",
+                        "tile_busy_s": busy[f"tile:{worst[0]}.{worst[1]}"] * 1e-9}
+    if not busy:
+        return {"throughput_per_s": None, "latency_s": None, "bottleneck": None, "bottleneck_busy_s": None,
+                "layers": layers, "resources_busy_s": {}}
+    top = max(busy, key=lambda r: (busy[r], r))
+    latency = (prog.schedule or {}).get("latency_ns")
+    return {"throughput_per_s": round(1e9 / busy[top], 3) if busy[top] else None,
+            "latency_s": None if latency is None else latency * 1e-9,
+            "bottleneck": _describe(top, on_tile), "bottleneck_busy_s": busy[top] * 1e-9,
+            "layers": layers,
+            "resources_busy_s": {r: v * 1e-9 for r, v in sorted(busy.items(), key=lambda kv: (-kv[1], kv[0]))}}
+
+
+def _describe(resource: str, on_tile: dict[str, list[str]]) -> str:
+    """A resource as a stage: the layers of a tile, the chip's link, the host."""
+    if resource.startswith("tile:"):
+        return f"{resource} ({', '.join(on_tile.get(resource, []))})"
+    if resource.startswith("link:"):
+        return f"{resource} (chip link)"
+    return f"{resource} (host stages, recurrent gates, partial sums)"
 
 
 def energy(prog: Program) -> dict[str, Any]:
     """Energy per inference in pJ, by part, and TOPS/W for the chip and for the whole system."""
     e = prog.hardware.energy
     macs = io_words = 0
+    vec = slice_vectors(prog)
     for s in prog.slices or []:
-        mvm = (prog.mvms or {})[prog.matrices[s.matrix].node]  # type: ignore[index]
-        vectors = max(1, mvm.params.get("traffic", {}).get("vectors", 1))
+        vectors = vec[s.id]
         macs += vectors * s.n_rows * s.n_cols
         io_words += vectors * (s.n_rows + s.n_cols)
     link_bytes = host_elements = 0

@@ -318,6 +318,8 @@ IBM_PCM_14NM = HardwareSpec(
         Encoding("2-PCM", devices_per_weight=2, weights_per_cell=2),
     ),
     default_encoding="4-PCM",
+    # The paper's time step: an MVM with 8-bit PWM inputs and ramp outputs, 300 ns (Ext. Data Fig. 7d).
+    mvm_time_ns=300.0,
 )
 
 # Mythic M1076-like: 76 tiles of about 1024 x 1024 flash cells, one cell per

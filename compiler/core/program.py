@@ -105,6 +105,8 @@ class Slice:
     col_offset: int | None = None
     output_range: float | None = None  # calibrated full-scale output of this slice
     slot: int = 0  # time slot on its tile: slices sharing rows or columns of a tile run at different times
+    copy: int = 0  # which copy of its matrix (replicate): copies hold the same weights and share the products
+    own_tile: bool = False  # place puts it on a tile of its own (replicate: no time-sharing with other layers)
 
     @property
     def n_rows(self) -> int:
@@ -118,12 +120,13 @@ class Slice:
         return {"id": self.id, "matrix": self.matrix, "rows": list(self.rows), "cols": list(self.cols),
                 "encoding": self.encoding, "chip": self.chip, "tile": self.tile,
                 "row_offset": self.row_offset, "col_offset": self.col_offset, "output_range": self.output_range,
-                "slot": self.slot}
+                "slot": self.slot, "copy": self.copy, "own_tile": self.own_tile}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Slice:
         return cls(d["id"], d["matrix"], tuple(d["rows"]), tuple(d["cols"]), d["encoding"],  # type: ignore[arg-type]
-                   d["chip"], d["tile"], d["row_offset"], d["col_offset"], d["output_range"], d["slot"])
+                   d["chip"], d["tile"], d["row_offset"], d["col_offset"], d["output_range"], d["slot"],
+                   int(d.get("copy", 0)), bool(d.get("own_tile", False)))
 
 
 @dataclass
@@ -150,6 +153,8 @@ class Program:
     assignment: dict[str, Any] | None = None
     # split_matrices
     slices: list[Slice] | None = None
+    # replicate: copies per layer, the tile budget and the solver status
+    replication: dict[str, Any] | None = None
     # place
     chips_used: int | None = None
     placement_info: dict[str, Any] | None = None
@@ -235,7 +240,7 @@ def _verify_stages(prog: Program) -> None:
 
 
 def _verify_slices(prog: Program) -> None:
-    covered: dict[str, int] = defaultdict(int)
+    covered: dict[tuple[str, int], int] = defaultdict(int)
     for s in prog.slices or []:
         k, n = prog.matrices[s.matrix].shape  # type: ignore[index]
         if not (0 <= s.rows[0] < s.rows[1] <= k and 0 <= s.cols[0] < s.cols[1] <= n):
@@ -243,10 +248,21 @@ def _verify_slices(prog: Program) -> None:
         rows, cols = prog.hardware.weight_grid(s.encoding)
         if s.n_rows > rows or s.n_cols > cols:
             raise AssertionError(f"slice {s.id} of {s.n_rows}x{s.n_cols} exceeds a {rows}x{cols} crossbar")
-        covered[s.matrix] += s.n_rows * s.n_cols
+        covered[(s.matrix, s.copy)] += s.n_rows * s.n_cols
+    copies = copy_counts(prog)
     for mid, m in (prog.matrices or {}).items():
-        if covered[mid] != m.weights.size:
-            raise AssertionError(f"slices of {mid} cover {covered[mid]} of {m.weights.size} weights")
+        for c in range(copies.get(mid, 1)):
+            if covered[(mid, c)] != m.weights.size:
+                raise AssertionError(f"slices of {mid} (copy {c}) cover {covered[(mid, c)]} of {m.weights.size} "
+                                     f"weights")
+
+
+def copy_counts(prog: Program) -> dict[str, int]:
+    """Copies of each matrix that has slices (1 unless replicate made more)."""
+    out: dict[str, int] = {}
+    for s in prog.slices or []:
+        out[s.matrix] = max(out.get(s.matrix, 1), s.copy + 1)
+    return out
 
 
 def _verify_placement(prog: Program) -> None:

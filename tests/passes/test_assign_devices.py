@@ -20,16 +20,20 @@ def _chain(rng: np.random.Generator, dims: list[int]):  # type: ignore[no-untype
     return matmul_chain(rng, dims)
 
 
-def _brute_force(layers: dict[str, int], sens: dict[str, dict[str, float]], tiles: int) -> float:
+def _brute_force(layers: dict[str, tuple[int, int]], sens: dict[str, dict[str, float]], tiles: int) -> float:
+    """The best sum of squared errors over every encoding of every block of 512 columns of every layer
+    (K x N each), a block's error its share of the layer's weights times the layer's squared sensitivity."""
     per_tile = IBM_PCM_14NM.devices_per_tile
+    blocks = [(n, k * (min(cols, c + 512) - c), k * cols) for n, (k, cols) in layers.items()
+              for c in range(0, cols, 512)]
     best = float("inf")
-    names = list(layers)
-    for combo in itertools.product(["4-PCM", "2-PCM"], repeat=len(names)):
+    for combo in itertools.product(["4-PCM", "2-PCM"], repeat=len(blocks)):
         dev = {"4-PCM": 0, "2-PCM": 0}
-        for n, e in zip(names, combo, strict=True):
-            dev[e] += layers[n] * IBM_PCM_14NM.encoding(e).devices_per_weight
+        for (_, w, _), e in zip(blocks, combo, strict=True):
+            dev[e] += w * IBM_PCM_14NM.encoding(e).devices_per_weight
         if sum(-(-d // per_tile) for d in dev.values()) <= tiles:
-            best = min(best, sum(round(1e9 * sens[n][e] ** 2) for n, e in zip(names, combo, strict=True)))
+            best = min(best, sum(round(1e9 * w / total * sens[n][e] ** 2)
+                                 for (n, w, total), e in zip(blocks, combo, strict=True)))
     return best
 
 
@@ -40,12 +44,17 @@ def test_cpsat_choice_equals_brute_force(seed: int) -> None:
     model = _chain(rng, dims)
     names = [f"l{i}" for i in range(5)]
     sens = {n: {"4-PCM": float(rng.uniform(0.01, 0.05)), "2-PCM": float(rng.uniform(0.05, 0.2))} for n in names}
-    layers = {f"l{i}": dims[i] * dims[i + 1] for i in range(5)}
-    all4 = -(-sum(layers.values()) * 4 // IBM_PCM_14NM.devices_per_tile)
+    layers = {f"l{i}": (dims[i], dims[i + 1]) for i in range(5)}
+    all4 = -(-sum(k * n for k, n in layers.values()) * 4 // IBM_PCM_14NM.devices_per_tile)
     tiles = max(2, all4 - 2)  # tight enough that some layers must take 2-PCM
     prog = compile_model(model, options={"tiles": tiles, "sensitivity": sens})
     a = prog.assignment
-    got = sum(round(1e9 * sens[n][e] ** 2) for n, e in a["encodings"].items())
+    # the encoding of every slice column block, from the slices themselves
+    got = 0
+    for n, (k, cols) in layers.items():
+        for c in range(0, cols, 512):
+            (e,) = {s.encoding for s in prog.slices if s.matrix == n and s.cols[0] <= c < s.cols[1]}
+            got += round(1e9 * k * (min(cols, c + 512) - c) / (k * cols) * sens[n][e] ** 2)
     assert a["status"] == "optimal" and got == _brute_force(layers, sens, tiles)
     assert len(prog.tiles_used()) <= tiles
 
