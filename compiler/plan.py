@@ -125,8 +125,15 @@ def plan_report(prog: Program, report: Mapping[str, Any] | None = None) -> dict[
     layers, weights and tiles per encoding."""
     rep = dict(report) if report is not None else report_json(prog)
     layers: dict[str, Counter[str]] = defaultdict(Counter)
+    cells: dict[str, Counter[str]] = defaultdict(Counter)  # layer -> encoding -> its slices' cells (one copy)
+    for s in prog.slices or []:
+        if s.copy == 0:
+            cells[prog.matrices[s.matrix].node][s.encoding] += s.n_rows * s.n_cols  # type: ignore[index]
     for layer in rep["layers"]:
-        layers[layer["encoding"]].update({"layers": 1, "weights": layer["weights"]})
+        layers[layer["encoding"]]["layers"] += 1  # a layer mixed per slice counts under its majority encoding
+        mine = cells.get(layer["node"]) or Counter({layer["encoding"]: 1})
+        for enc, c in mine.items():  # its weights under the encodings of its slices
+            layers[enc]["weights"] += round(layer["weights"] * c / sum(mine.values()))
     tiles = Counter(s.encoding for s in {(s.chip, s.tile): s for s in prog.slices or []}.values())
     encodings = {e: {**layers[e], "tiles": tiles[e]} for e in sorted(layers)}
     return {**{k: v for k, v in rep.items() if k != "layers"}, "plan": prog.plan, "encodings": encodings,
