@@ -142,6 +142,18 @@ def compile_three(model: onnx.ModelProto | Path, chips: int, **kwargs: object) -
     return [compile_model(model, options={"chips": chips, **e}, **kwargs) for e in extra]  # type: ignore[arg-type]
 
 
+def ablation(prog: Program, spec: HardwareSpec) -> list[str]:
+    """Which of the paper's assumptions makes the difference: each alone on the same placement."""
+    paper, saved, lines = paper_timing(spec), prog.hardware, []
+    for what, hw in (("links at the landing pads' rate only", replace(spec, links=paper.links)),
+                     ("host work not counted only", replace(spec, host_stage_ns=0.0, host_ns_per_element=0.0))):
+        prog.hardware = hw
+        perf = performance(prog)
+        lines.append(f"    {what:<38} {perf['throughput_per_s'] * AUDIO_S:>9,.0f}x  bound by {perf['bottleneck']}")
+    prog.hardware = saved
+    return lines
+
+
 def row(name: str, chips: int, progs: list[Program]) -> None:
     perf = [performance(p) for p in progs]
     cells = "".join(f" {p['throughput_per_s']:>10,.0f} {len(g.tiles_used()):>4} {g.assignment['pcm_per_weight']:>4.2f}"
@@ -192,6 +204,8 @@ def main() -> None:
             rtf = perf["throughput_per_s"] * AUDIO_S
             print(f"  {title.split(' (')[0]:<16} {what:<24} {rtf:>9,.0f}x ({target / rtf:5.2f}x from the paper)  "
                   f"bound by {perf['bottleneck']}")
+    print("  each paper assumption alone, on the default spec's placement without copies:")
+    print("\n".join(ablation(next(iter(rnnt.values()))[0], spec)))
 
 
 if __name__ == "__main__":
