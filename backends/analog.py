@@ -4,8 +4,10 @@
 programming noise and drift exponents per device. ``weights_at(t)`` reads the
 devices at time t after programming (drift plus 1/f read noise) and returns
 each slice's effective weights, optionally with global drift compensation:
-the tile is read with a fixed probe input right after programming and again
-at t, and its outputs are scaled by the ratio. The quantizers model the
+each tile is read with a fixed probe input right after programming and again
+at t, and the outputs of every slice on it are scaled by the ratio (one ratio
+per tile, from all its columns: a slice of one column, such as a depthwise
+group, would otherwise get a ratio of its own read noise). The quantizers model the
 input landing pads (PWM durations) and the ramp-based output conversion.
 """
 
@@ -60,6 +62,13 @@ class ProgrammedChip:
         ref_rng = np.random.default_rng([seed, 1])
         for d in self._devices.values():
             d.set_reference(ref_rng)
+        # The slices sharing a tile (an unplaced slice is a tile of its own) and the tile's probe reference.
+        self._tiles: dict[tuple[object, ...], list[int]] = {}
+        for s in prog.slices or []:
+            key = (s.chip, s.tile) if s.chip is not None and s.tile is not None else ("slice", s.id)
+            self._tiles.setdefault(key, []).append(s.id)
+        self._tile_of = {i: key for key, ids in self._tiles.items() for i in ids}
+        self._tile_reference = {k: sum(self._devices[i].reference_g for i in ids) for k, ids in self._tiles.items()}
 
     def state_bytes(self) -> int:
         """Bytes held for the programmed devices (conductances and per-device state)."""
@@ -72,10 +81,24 @@ class ProgrammedChip:
     def read_at(self, t: float, drift_compensation: bool = True) -> Iterator[tuple[int, np.ndarray]]:
         """(slice id, effective weights read at ``t`` s) one slice at a time, in slice order: a caller that
         copies each where it belongs holds one slice's read at a time, not all of them."""
-        rng = np.random.default_rng([self.seed, 2, int(round(_check_time(t) * 1e3))])
-        compensate = drift_compensation and not self.noiseless
+        ratios = self._ratios(t) if drift_compensation and not self.noiseless else None
+        rng = self._read_rng(t)
         for sid, d in self._devices.items():
-            yield sid, d.weights_at(t, rng, compensate)
+            w = d.weights_at(t, rng, False)
+            yield sid, w if ratios is None else w * ratios[sid]
+
+    def _read_rng(self, t: float) -> np.random.Generator:
+        return np.random.default_rng([self.seed, 2, int(round(_check_time(t) * 1e3))])
+
+    def _ratios(self, t: float) -> dict[int, np.float32]:
+        """Global drift compensation, one ratio per tile: its probe reference over its probe read at t
+        (a first pass over the same reads, so no more than one slice's read is held at a time)."""
+        rng = self._read_rng(t)
+        now = dict.fromkeys(self._tiles, 0.0)
+        for sid, d in self._devices.items():
+            now[self._tile_of[sid]] += _probe(d.weights_at(t, rng, False) * d.scale)
+        return {i: np.float32(self._tile_reference[key] / now[key] if now[key] > 0 else 1.0)
+                for key, ids in self._tiles.items() for i in ids}
 
 
 def _check_time(t: float) -> float:
@@ -95,7 +118,7 @@ class ProgrammedDevices:
         if enc.devices_per_weight == 4 and enc.significance_factor != 1.0:
             g = self._program_lsb(g, t32, g_max, rng)
         self.g, self.nu = g, model.state(t32, g, rng)  # nu: per-device state (PCM: drift exponents)
-        self.reference = 0.0
+        self.reference = self.reference_g = 0.0
 
     def _program_lsb(self, g: np.ndarray, t: np.ndarray, g_max: float, rng: np.random.Generator) -> np.ndarray:
         """F > 1: program the LSB pair to the residual the programmed MSB pair left (closed loop)."""
@@ -112,8 +135,10 @@ class ProgrammedDevices:
         return combine(self.model.read(self.g, self.nu, t, rng), self.enc, self.scale)
 
     def set_reference(self, rng: np.random.Generator) -> None:
-        """Global drift compensation: read with the probe right after programming."""
-        self.reference = _probe(self.read(T_PROBE, rng))
+        """Global drift compensation: read with the probe right after programming (``reference_g``: the
+        probe's output in conductance units, uS, which add up across the slices of a tile)."""
+        w = self.read(T_PROBE, rng)
+        self.reference, self.reference_g = _probe(w), _probe(w * self.scale)
 
     def weights_at(self, t: float, rng: np.random.Generator, compensate: bool) -> np.ndarray:
         w = self.read(t, rng)
