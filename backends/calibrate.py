@@ -1,8 +1,15 @@
 """Calibration of the analog I/O ranges from representative inputs.
 
-Runs the program in ideal mode and records, per MVM, a high percentile of
-|input| (the full-scale input of its landing pads) and, per slice, a high
-percentile of |analog output| (the full scale of its output conversion).
+Runs the program in ideal mode and records, per MVM, the distribution of
+|input| (the full scale of its landing pads) and, per slice, of |analog
+output| (the full scale of its output conversion), as histograms on a log
+grid of 1/8 octave. Each range is then chosen to minimise the conversion's
+mean squared error on those values at the hardware's bits: values above the
+range saturate (error (|x| - r)^2), values below half a step round to zero
+(x^2), the rest carry the rounding error step^2 / 12. A fixed percentile
+(``percentile=``) clips the heaviest tails whatever the bits: at 99.99 it
+cost MobileNetV3-small a relative error of 0.13 with 16-bit I/O and no
+device noise, where the MSE rule chooses ranges near the largest values.
 Without data, the fallback is seeded standard-normal inputs, and a warning
 says so: ranges set that way fit inputs of unit scale only.
 """
@@ -14,30 +21,40 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from anac.backends.simulator import Simulator, check_inputs
+from anac.backends.simulator import _NONNEGATIVE, Simulator, check_inputs, tile_activation
 from anac.core.errors import InputError
 from anac.core.program import Program
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PERCENTILE = 99.99
+DEFAULT_PERCENTILE = None  # None: the MSE rule; a number in (0, 100]: that percentile of |x|
 FALLBACK_DRAWS = 8
+BINS_PER_OCTAVE = 8
+_LOW, _HIGH = -64, 64  # octaves the histograms cover: |x| in [2^-64, 2^64); smaller is counted as zero
+_NBINS = (_HIGH - _LOW) * BINS_PER_OCTAVE
 
 
 def calibrate(prog: Program, data: Mapping[str, np.ndarray] | None = None, *,
-              percentile: float = DEFAULT_PERCENTILE, seed: int = 0) -> dict[str, Any]:
+              percentile: float | None = DEFAULT_PERCENTILE, seed: int = 0) -> dict[str, Any]:
     """Set ``input_range`` on every MVM and ``output_range`` on every slice; return a summary."""
-    if not 0 < percentile <= 100:
+    if percentile is not None and not 0 < percentile <= 100:
         raise InputError(f"calibration percentile must be in (0, 100], got {percentile}")
-    seen_in: dict[str, float] = {}
-    seen_out: dict[int, float] = {}
+    seen_in: dict[str, Any] = {}
+    seen_out: dict[int, Any] = {}
 
-    def observe(kind: str, key: Any, values: np.ndarray) -> None:
+    def observe_percentile(kind: str, key: Any, values: np.ndarray) -> None:
         book = seen_in if kind == "input" else seen_out
         level = float(np.percentile(np.abs(values), percentile)) if values.size else 0.0
         book[key] = max(book.get(key, 0.0), level)
 
-    sim = Simulator(prog, "ideal", observer=observe)
+    def observe_histogram(kind: str, key: Any, values: np.ndarray) -> None:
+        book = seen_in if kind == "input" else seen_out
+        h = book.get(key)
+        if h is None:
+            h = book[key] = np.zeros(_NBINS + 1, np.int64)  # bin 0: zeros (and |x| < 2^-64)
+        h += _histogram(values)
+
+    sim = Simulator(prog, "ideal", observer=observe_histogram if percentile is None else observe_percentile)
     if data is None:
         log.warning("no calibration data: input and output ranges are set from %d draws of seeded standard-normal "
                     "inputs, which fit inputs of unit scale only; give representative inputs with "
@@ -50,10 +67,23 @@ def calibrate(prog: Program, data: Mapping[str, np.ndarray] | None = None, *,
     log.info("calibrating analog input/output ranges on %d batch(es)", len(batches))
     for batch in batches:
         sim.run(batch)
-    for mvm in (prog.mvms or {}).values():
-        mvm.input_range = _positive(seen_in.get(mvm.node, 0.0))
+    hw = prog.hardware
+    mvms = prog.mvms or {}
+    if percentile is None:
+        in_levels = 2 ** hw.input_bits - 1  # polarity or two-pass: an unsigned magnitude word either way
+        unsigned = {mid: bool(tile_activation(prog, m) and m.activation["op"] in _NONNEGATIVE)  # type: ignore[index]
+                    for m in mvms.values() for mid in m.matrices}
+        ranges_in = {k: mse_range(h, in_levels) for k, h in seen_in.items()}
+        ranges_out = {s.id: mse_range(seen_out[s.id], 2 ** hw.output_bits - 1 if unsigned.get(s.matrix)
+                                      else 2 ** (hw.output_bits - 1) - 1)
+                      for s in prog.slices or [] if s.id in seen_out}
+        rule = "mse"
+    else:
+        ranges_in, ranges_out, rule = seen_in, seen_out, f"percentile {percentile}"
+    for mvm in mvms.values():
+        mvm.input_range = _positive(ranges_in.get(mvm.node, 0.0))
     for s in prog.slices or []:
-        s.output_range = _positive(seen_out.get(s.id, 0.0))
+        s.output_range = _positive(ranges_out.get(s.id, 0.0))
     # A copy (replicate) sees the same inputs with the same weights: each of its slices takes the widest
     # range of the copy-0 slices it overlaps (the simulator runs copies with copy 0's output ranges).
     first = [s for s in prog.slices or [] if s.copy == 0]
@@ -62,8 +92,44 @@ def calibrate(prog: Program, data: Mapping[str, np.ndarray] | None = None, *,
             s.output_range = max((f.output_range for f in first if f.matrix == s.matrix  # type: ignore[misc]
                                   and f.rows[0] < s.rows[1] and s.rows[0] < f.rows[1]
                                   and f.cols[0] < s.cols[1] and s.cols[0] < f.cols[1]), default=1.0)
-    prog.calibration = {"source": source, "percentile": percentile}
+    prog.calibration = {"source": source, "rule": rule,
+                        "percentile": percentile, "input_bits": hw.input_bits, "output_bits": hw.output_bits}
     return prog.calibration
+
+
+def _histogram(values: np.ndarray) -> np.ndarray:
+    """Counts of |values| per bin: bin 0 holds zeros, bin i > 0 the 1/8 octave [2^(LOW + (i-1)/8), ...)."""
+    a = np.abs(np.asarray(values, np.float64).ravel())
+    a = a[np.isfinite(a)]
+    nz = a[a >= 2.0 ** _LOW]
+    idx = np.minimum(np.floor((np.log2(nz) - _LOW) * BINS_PER_OCTAVE).astype(np.int64), _NBINS - 1) + 1
+    h = np.bincount(idx, minlength=_NBINS + 1)
+    h[0] += a.size - nz.size
+    return h
+
+
+def mse_range(hist: np.ndarray, levels: int) -> float:
+    """The full scale r minimising the mean squared conversion error of the histogrammed |x| with ``levels``
+    steps over [0, r]; candidates are the bin edges up to the largest value seen."""
+    counts = hist[1:].astype(np.float64)
+    nz = np.flatnonzero(counts)
+    if nz.size == 0:
+        return 0.0
+    lo_edge = 2.0 ** (_LOW + np.arange(_NBINS) / BINS_PER_OCTAVE)
+    centre = lo_edge * 2.0 ** (0.5 / BINS_PER_OCTAVE)
+    top = nz[-1]
+    first = max(nz[0], top - 16 * BINS_PER_OCTAVE)  # ranges below 2^-16 of the largest value never win
+    c, h = centre[:top + 1], counts[:top + 1]
+    s0, s1, s2 = np.cumsum(h), np.cumsum(h * c), np.cumsum(h * c * c)
+    r = lo_edge[first:top + 1] * 2.0 ** (1.0 / BINS_PER_OCTAVE)  # each candidate: the upper edge of a bin
+    k = np.arange(first, top + 1)  # bins <= k are inside the range
+    tail0, tail1, tail2 = s0[-1] - s0[k], s1[-1] - s1[k], s2[-1] - s2[k]
+    step = r / levels
+    j = np.searchsorted(c, step / 2) - 1  # bins whose centre rounds to zero
+    low2 = np.where(j >= 0, s2[np.maximum(j, 0)], 0.0)
+    low0 = np.where(j >= 0, s0[np.maximum(j, 0)], 0.0)
+    err = tail2 - 2 * r * tail1 + r * r * tail0 + low2 + (s0[k] - low0) * step * step / 12
+    return float(r[int(np.argmin(err))])
 
 
 def _positive(v: float) -> float:

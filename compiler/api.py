@@ -48,7 +48,7 @@ _CAPACITY_RETRIES = 3
 
 def compile_model(model: str | Path | onnx.ModelProto, *,
                   calibration_data: Mapping[str, np.ndarray] | None = None,
-                  calibration_percentile: float = DEFAULT_PERCENTILE, **kwargs: Any) -> Program:
+                  calibration_percentile: float | None = DEFAULT_PERCENTILE, **kwargs: Any) -> Program:
     """Compile a model (see anac.driver.compile_model); calibrate the analog I/O ranges when data is given.
 
     With a budget option (chips, tiles, pcm_per_weight) it first measures each
