@@ -72,7 +72,8 @@ HEADLINE = "PCM 8b"
 
 def rel_err(prog: Program, x: np.ndarray, ref: np.ndarray, seeds: int, comp: bool, dw_exact: bool) -> float:
     sim = Simulator(prog, "hardware")
-    grouped = {mid for m in (prog.mvms or {}).values() if len(m.matrices) > 1 for mid in m.matrices}
+    grouped = {mid for m in (prog.mvms or {}).values() if len(m.matrices) > 1 or m.params.get("block")
+               for mid in m.matrices}  # a matrix per group, or the groups packed block-diagonally
     exact = {s.id: prog.matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]].astype(np.float32)
              for s in prog.slices or [] if s.matrix in grouped} if dw_exact else {}  # type: ignore[index]
     errs = []
