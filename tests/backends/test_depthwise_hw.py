@@ -34,8 +34,9 @@ def test_drift_compensation_adds_no_error_before_drift(rng: np.random.Generator)
     """At 1 s the devices have not drifted (t0 = 20 s): the compensated read must be as good as the raw one.
 
     A probe ratio per 9 x 1 depthwise slice is a ratio of its own read noise (the column sum of
-    mixed-sign weights can be near zero) and multiplied the error several times; one ratio per tile,
-    from all the columns on it, is not."""
+    mixed-sign weights can be near zero) and multiplied the error several times when each group was
+    a slice of its own; one ratio per tile, from all the columns on it, is not. (With groups packed
+    block-diagonally the slices are wide; the test below pins the per-tile ratio itself.)"""
     model, x = _depthwise(rng)
     prog = compile_model(model, calibration_data=x)
     ref = Simulator(prog, "ideal").run(x)["y"]
