@@ -82,7 +82,10 @@ class AssignDevices:
             for mid in mvm.matrices:
                 m = prog.matrices[mid]  # type: ignore[index]
                 m.encoding = chosen[mvm.node]
-                m.per_column = self.scale == "column"
+                # Packed groups (block-diagonal) keep a scale per column, i.e. per group, as each group had
+                # in a slice of its own: one scale per slice would program the groups with small kernels
+                # far below g_max, into the programming-noise floor.
+                m.per_column = self.scale == "column" or bool(mvm.params.get("block"))
                 m.clip_sigma = self.clip_sigma
         devices = total = 0
         sq_error = 0.0
