@@ -80,8 +80,8 @@ def rel_err(prog: Program, x: np.ndarray, ref: np.ndarray, seeds: int, comp: boo
     for seed in range(seeds):
         chip = sim.program(seed)
         if exact:
-            read = chip.weights_at
-            chip.weights_at = lambda t, c=True, read=read: {**read(t, c), **exact}  # type: ignore[method-assign]
+            read = chip.read_at
+            chip.read_at = lambda t, c=True, read=read: ((i, exact.get(i, w)) for i, w in read(t, c))  # type: ignore[method-assign]
         sim.at(T, comp)
         y = sim.run({"input": x})["logits"]
         errs.append(float(np.linalg.norm(y - ref) / np.linalg.norm(ref)))
