@@ -129,6 +129,7 @@ def tasks(prog: Program) -> list[Task]:
     chips = prog.chips_used or 0
     mvms = prog.mvms or {}
     writer = {mv.output: mv.node for mv in mvms.values()}
+    copies = copy_counts(prog)
     producer: dict[str, str] = {}  # tensor -> "host:<stage>" or "mvm:<layer>"
     host_reads: set[str] = {t.name for t in prog.outputs}  # tensors the host (or the caller) reads
     for st in prog.stages or []:
@@ -189,7 +190,7 @@ def tasks(prog: Program) -> list[Task]:
             in_bytes = traffic.get("in_elements", 0) * BYTES_PER_ELEMENT
             done_on_chip[node] = {}
             for chip, keys in sorted(by_chip.items()):
-                need = _input_share(prog, [i for key in keys for i in tiles[key]], vec)
+                need = _input_share(prog, [i for key in keys for i in tiles[key]], vec, copies)
                 if chip_src:
                     after = []
                     src_cols = words_on[src_layer[4:]]
@@ -232,10 +233,11 @@ def tasks(prog: Program) -> list[Task]:
     return out
 
 
-def _input_share(prog: Program, ids: list[int], vec: dict[int, int]) -> float:
-    """The fraction of a layer's input vectors that the slices ``ids`` (one chip's) need: those of their copies."""
+def _input_share(prog: Program, ids: list[int], vec: dict[int, int], copies: dict[str, int]) -> float:
+    """The fraction of a layer's input vectors that the slices ``ids`` (one chip's) need: those of their copies
+    (``copies``: copy_counts of the program)."""
     matrix = prog.slices[ids[0]].matrix  # type: ignore[index]
-    if copy_counts(prog).get(matrix, 1) == 1:
+    if copies.get(matrix, 1) == 1:
         return 1.0
     mine = {prog.slices[i].copy: vec[i] for i in ids}  # type: ignore[index]
     m = prog.matrices[matrix]  # type: ignore[index]
