@@ -6,6 +6,14 @@ devices with that encoding and read at ``t`` (with drift compensation), on
 its inputs X: rows captured from calibration data when given, else seeded
 standard-normal rows. assign_devices minimises the sum of their squares
 (independent errors add in variance) under a device budget.
+
+The error is a statistic, so it is measured on a seeded sample of each
+matrix: ``ROWS`` of its rows and ``COLUMNS`` of its columns (the relative
+error of a sum of independent per-device errors does not depend on how many
+rows it runs over). The conductance scale still comes from the whole matrix
+(its largest magnitude, or each sampled column's), as its slices see it.
+The cost is a few hundred thousand simulated devices per layer and encoding,
+whatever the layer's size.
 """
 
 from __future__ import annotations
@@ -15,11 +23,12 @@ from collections.abc import Mapping
 import numpy as np
 from anac.backends.analog import ProgrammedDevices, device_model
 from anac.core.conductance import device_targets
-from anac.core.program import Program
+from anac.core.program import Matrix, Program
 
 SENSITIVITY_T = 86400.0  # one day after programming
 SAMPLES = 64
-COLUMNS = 256  # output columns sampled per matrix: the error statistic, not every device, is what is needed
+ROWS = 256  # input rows sampled per matrix
+COLUMNS = 256  # output columns sampled per matrix
 
 
 def layer_sensitivity(prog: Program, inputs: Mapping[str, np.ndarray] | None = None, *, t: float = SENSITIVITY_T,
@@ -30,21 +39,20 @@ def layer_sensitivity(prog: Program, inputs: Mapping[str, np.ndarray] | None = N
     out: dict[str, dict[str, float]] = {}
     for li, mvm in enumerate((prog.mvms or {}).values()):
         rng = np.random.default_rng([seed, li])
-        out[mvm.node] = {}
         mats = [prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
-        for ei, enc in enumerate(hw.encodings):
-            num = den = 0.0
-            for m in mats:
-                x = _rows(inputs, mvm.node, m.input_rows, samples, rng)
-                if m.kept_rows is not None:
-                    x = x[:, m.kept_rows]
-                cols = np.sort(np.random.default_rng([seed, li]).choice(m.shape[1], min(m.shape[1], COLUMNS),
-                                                                         replace=False))
-                w = np.ascontiguousarray(m.weights[:, cols])
-                # The conductance scale comes from the whole matrix, as the slices of the layer see it.
-                targets, scale = device_targets(w, enc, hw.device.g_max_us, m.per_column, m.clip_sigma,
-                                                absmax=None if m.per_column or m.clip_sigma else
-                                                float(np.abs(m.weights).max()))
+        sums = {enc.name: [0.0, 0.0] for enc in hw.encodings}
+        for m in mats:
+            x = _rows(inputs, mvm.node, m.input_rows, samples, rng)
+            if m.kept_rows is not None:
+                x = x[:, m.kept_rows]
+            pick = np.random.default_rng([seed, li])
+            rows = np.sort(pick.choice(m.shape[0], min(m.shape[0], ROWS), replace=False))
+            cols = np.sort(pick.choice(m.shape[1], min(m.shape[1], COLUMNS), replace=False))
+            w, absmax = _sample(m, rows, cols)
+            x = x[:, rows]
+            ref = x @ w.astype(np.float64)
+            for ei, enc in enumerate(hw.encodings):
+                targets, scale = device_targets(w, enc, hw.device.g_max_us, m.per_column, m.clip_sigma, absmax)
                 dev_rng = np.random.default_rng([seed, li, ei])
                 dev = ProgrammedDevices(model, targets.astype(np.float16), scale, enc, hw.device.g_max_us, dev_rng)
                 mask = prog.block_mask(m.id, (0, m.shape[0]), (0, m.shape[1]))
@@ -52,11 +60,21 @@ def layer_sensitivity(prog: Program, inputs: Mapping[str, np.ndarray] | None = N
                     dev.g = dev.g * mask[:, cols]
                 dev.set_reference(dev_rng)
                 w_hw = dev.weights_at(t, dev_rng, compensate=True)
-                ref = x @ w.astype(np.float64)
-                num += float(np.sum((x @ w_hw.astype(np.float64) - ref) ** 2))
-                den += float(np.sum(ref ** 2))
-            out[mvm.node][enc.name] = float(np.sqrt(num / den)) if den > 0 else 0.0
+                sums[enc.name][0] += float(np.sum((x @ w_hw.astype(np.float64) - ref) ** 2))
+                sums[enc.name][1] += float(np.sum(ref ** 2))
+        out[mvm.node] = {e: float(np.sqrt(num / den)) if den > 0 else 0.0 for e, (num, den) in sums.items()}
     return out
+
+
+def _sample(m: Matrix, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, float | np.ndarray | None]:
+    """The sampled weights and the conductance scale's magnitude from the whole matrix (None under clipping,
+    whose bound comes from the sample's spread)."""
+    w = m.weights[np.ix_(rows, cols)]
+    if m.clip_sigma:
+        return w, None
+    if m.per_column:
+        return w, np.abs(m.weights[:, cols]).max(axis=0)
+    return w, float(max(m.weights.max(), -m.weights.min()))
 
 
 def _rows(inputs: Mapping[str, np.ndarray] | None, layer: str, k: int, samples: int,

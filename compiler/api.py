@@ -12,9 +12,9 @@ import logging
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -30,7 +30,7 @@ from anac.core.frontend import batch_inputs, find_unsupported, import_model, loa
 from anac.core.hardware import HardwareSpec, load_hardware
 from anac.core.ir import TensorInfo
 from anac.core.lowering import lower
-from anac.core.program import Program
+from anac.core.program import Program, Slice
 from anac.driver import PIPELINE
 from anac.passes.assign_devices import tile_budget
 from anac.passes.partition import Partition
@@ -51,40 +51,30 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
                   calibration_percentile: float | None = DEFAULT_PERCENTILE, **kwargs: Any) -> Program:
     """Compile a model (see anac.driver.compile_model); calibrate the analog I/O ranges when data is given.
 
-    With a budget option (chips, tiles, pcm_per_weight) it first measures each
-    layer's sensitivity to each encoding (backends/estimates.py), on layer
+    One pipeline run. With a budget option (chips, tiles, pcm_per_weight),
+    assign_devices asks for each layer's sensitivity to each encoding
+    (backends/estimates.py), measured on the program it is compiling, on layer
     inputs captured from the calibration data when given; with pruning and
     calibration data, input rows are ranked by weight norm times input RMS.
     """
     options = dict(kwargs.pop("options", None) or {})
+    pipeline = tuple(kwargs.pop("pipeline", PIPELINE))
     budgeted = any(options.get(k) is not None for k in _BUDGETS)
-    if (budgeted and options.get("sensitivity") is None) or (options.get("prune") and calibration_data is not None):
-        model = load_onnx(model) if not isinstance(model, onnx.ModelProto) else model
-        hw = kwargs.get("hardware")
-        unbounded = replace(hw if isinstance(hw, HardwareSpec) else load_hardware(hw), max_chips=None)
-        probe = driver.compile_model(model, **{**kwargs, "hardware": unbounded,  # measure before fitting
-                                               "options": {k: v for k, v in options.items()
-                                                           if k not in (*_BUDGETS, "prune", "replicate", "objective")},
-                                               "pipeline": tuple(p for p in PIPELINE
-                                                                 if p.name != "schedule_links")})
-        layer_inputs = _layer_inputs(probe, calibration_data) if calibration_data is not None else None
-        if budgeted and options.get("sensitivity") is None:
-            log.info("measuring the sensitivity of %d crossbar layers to each encoding", len(probe.mvms or {}))
-            t0 = time.perf_counter()
-            options["sensitivity"] = layer_sensitivity(probe, layer_inputs)
-            log.info("sensitivity measured (%.1f s)", time.perf_counter() - t0)
-        if options.get("prune") and layer_inputs is not None:
-            options["row_scale"] = {k: np.sqrt(np.mean(np.square(v, dtype=np.float64), axis=0))
-                                    for k, v in layer_inputs.items()
-                                    if len(probe.mvms[k].matrices) == 1}  # type: ignore[index]
-        del probe
+    measure = _Measurements(calibration_data)
+    if budgeted and options.get("sensitivity") is None:
+        options["sensitivity"] = measure.sensitivity
+    if options.get("prune") and calibration_data is not None and options.get("row_scale") is None:
+        options["row_scale"] = measure.row_scale
+    if calibration_data is not None and any(callable(options.get(k)) for k in ("sensitivity", "row_scale")):
+        at = next((i + 1 for i, p in enumerate(pipeline) if p.name == "partition"), 0)
+        pipeline = (*pipeline[:at], _CaptureLayerInputs(measure), *pipeline[at:])
     for attempt in range(_CAPACITY_RETRIES):
         try:
-            prog = driver.compile_model(model, options=options, **kwargs)
+            prog = driver.compile_model(model, options=options, pipeline=pipeline, **kwargs)
             break
         except PlacementCapacityError:
             # The packer can miss the per-encoding lower bound the knapsack assumes by a tile;
-            # tighten the tile budget by one and choose again.
+            # tighten the tile budget by one and choose again (the measurements are kept).
             hw = kwargs.get("hardware")
             tiles = tile_budget(hw if isinstance(hw, HardwareSpec) else load_hardware(hw),
                                 options.get("chips"), options.get("tiles"))
@@ -96,15 +86,61 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
     return prog
 
 
+class _Measurements:
+    """What the passes ask the API to measure on the program being compiled, measured once (a retried
+    compile reuses it): layer inputs from calibration data, input-row RMS, sensitivity to each encoding."""
+
+    def __init__(self, data: Mapping[str, np.ndarray] | None) -> None:
+        self.data = data
+        self.layer_inputs: dict[str, np.ndarray] | None = None
+        self._sensitivity: dict[str, dict[str, float]] | None = None
+
+    def capture(self, prog: Program) -> None:
+        if self.data is not None and self.layer_inputs is None:
+            self.layer_inputs = _layer_inputs(prog, self.data)
+
+    def row_scale(self, prog: Program) -> dict[str, np.ndarray]:
+        """Per single-matrix layer, each input row's RMS over the captured inputs."""
+        return {k: np.sqrt(np.mean(np.square(v, dtype=np.float64), axis=0))
+                for k, v in (self.layer_inputs or {}).items() if len(prog.mvms[k].matrices) == 1}  # type: ignore[index]
+
+    def sensitivity(self, prog: Program) -> dict[str, dict[str, float]]:
+        if self._sensitivity is None:
+            log.info("measuring the sensitivity of %d crossbar layers to each encoding", len(prog.mvms or {}))
+            t0 = time.perf_counter()
+            self._sensitivity = layer_sensitivity(prog, self.layer_inputs)
+            log.info("sensitivity measured (%.1f s)", time.perf_counter() - t0)
+        return self._sensitivity
+
+
+@dataclass(frozen=True)
+class _CaptureLayerInputs:
+    """Capture each crossbar layer's inputs on calibration data, right after partition (before any row is
+    pruned), for the measurements the later passes ask for."""
+
+    name: ClassVar[str] = "capture_layer_inputs"
+    requires: ClassVar[tuple[str, ...]] = ("partition",)
+    produces: ClassVar[tuple[str, ...]] = ()
+    measure: _Measurements
+
+    def run(self, prog: Program) -> None:
+        self.measure.capture(prog)
+
+
 def _layer_inputs(prog: Program, data: Mapping[str, np.ndarray], rows: int = 256) -> dict[str, np.ndarray]:
-    """Up to ``rows`` input rows of every crossbar layer, from an ideal run on calibration data."""
+    """Up to ``rows`` input rows of every crossbar layer, from an ideal run on calibration data.
+
+    The program needs only its partition: the run sees each matrix as one slice of a shallow copy.
+    """
     seen: dict[str, list[np.ndarray]] = {}
 
     def observe(kind: str, key: Any, values: np.ndarray) -> None:
         if kind == "input" and sum(len(v) for v in seen.get(key, [])) < rows:
             seen.setdefault(key, []).append(np.asarray(values[:rows], np.float32))
 
-    sim = Simulator(prog, "ideal", observer=observe)
+    whole = [Slice(i, m.id, (0, m.shape[0]), (0, m.shape[1]), m.encoding or prog.hardware.default_encoding)
+             for i, m in enumerate((prog.matrices or {}).values())]
+    sim = Simulator(replace(prog, slices=whole), "ideal", observer=observe)
     for batch in calibration_batches(prog, data):
         sim.run(batch)
         if all(sum(len(v) for v in seen.get(n, [])) >= rows for n in prog.mvms or {}):

@@ -19,6 +19,10 @@ times the layer's squared sensitivity. Tiles are counted as the packer
 places them, ceil(devices of an encoding / devices per tile) per encoding.
 The blocks of a mixed layer are reported in ``slice_encodings`` (read by
 split_matrices), the layer's ``encodings`` entry is its majority encoding.
+``sensitivity`` is a table, or a function of the program that measures it
+(anac.api passes one): it is called only when a budget leaves layers to
+choose, on the program as this pass sees it (pruned). The choice needs only
+the spec's capacities, so it is made once, before placement.
 
 It runs before split_matrices because an encoding sets a tile's weight grid.
 """
@@ -26,7 +30,7 @@ It runs before split_matrices because an encoding sets a tile's weight grid.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,6 +39,7 @@ from anac.core.hardware import HardwareSpec
 from anac.core.program import Program
 
 SCALES = ("tile", "column")
+Sensitivity = Mapping[str, Mapping[str, float]]  # {layer: {encoding: relative output error}}
 _ERROR_SCALE = 1e9  # CP-SAT works on integers: squared relative errors in units of 1e-9
 
 
@@ -51,7 +56,7 @@ class AssignDevices:
     chips: int | None = None
     tiles: int | None = None
     pcm_per_weight: float | None = None
-    sensitivity: Mapping[str, Mapping[str, float]] | None = None
+    sensitivity: Sensitivity | Callable[[Program], Sensitivity] | None = None
     time_limit_s: float = 10.0
     seed: int = 0
 
@@ -75,9 +80,12 @@ class AssignDevices:
             chosen[mvm.node] = per_layer.get(mvm.node) or first.encoding or default or hw.default_encoding
         info: dict[str, Any] = {"status": "fixed"}
         per_block: dict[str, list[str]] = {}
+        sens = None if callable(self.sensitivity) else self.sensitivity
         if self._budgeted():
             free = [n for n in mvms if n not in per_layer]
-            chosen, per_block, info = self._solve(prog, chosen, free)
+            if free and callable(self.sensitivity):
+                sens = self.sensitivity(prog)
+            chosen, per_block, info = self._solve(prog, chosen, free, sens)
         for mvm in mvms.values():
             for mid in mvm.matrices:
                 m = prog.matrices[mid]  # type: ignore[index]
@@ -95,17 +103,17 @@ class AssignDevices:
             for (_, _, _, w), e in zip(column_blocks(prog, n), encs, strict=True):
                 devices += w * hw.encoding(e).devices_per_weight
                 total += w
-                if self.sensitivity is not None and n in self.sensitivity:
-                    sq_error += w / layer_w * self.sensitivity[n][e] ** 2
+                if sens is not None and n in sens:
+                    sq_error += w / layer_w * sens[n][e] ** 2
         info.update({"encodings": chosen, "pcm_per_weight": round(devices / total, 4) if total else 0.0})
         if per_block:
             info["slice_encodings"] = {mid: [e for (m, _, _, _), e in zip(column_blocks(prog, n), encs, strict=True)
                                              if m == mid]
                                        for n, encs in per_block.items() for mid in mvms[n].matrices}
             info["mixed_layers"] = {n: {e: encs.count(e) for e in sorted(set(encs))} for n, encs in per_block.items()}
-        if self.sensitivity is not None:
+        if sens is not None:
             info["estimated_error"] = round(sq_error ** 0.5, 6)
-            info["sensitivity"] = {n: {e: round(v, 6) for e, v in s.items()} for n, s in self.sensitivity.items()}
+            info["sensitivity"] = {n: {e: round(v, 6) for e, v in s.items()} for n, s in sens.items()}
         prog.assignment = info
 
     def _budgeted(self) -> bool:
@@ -114,14 +122,13 @@ class AssignDevices:
     def _tile_budget(self, hw: HardwareSpec) -> int | None:
         return tile_budget(hw, self.chips, self.tiles)
 
-    def _solve(self, prog: Program, chosen: dict[str, str],
-               free: list[str]) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any]]:
+    def _solve(self, prog: Program, chosen: dict[str, str], free: list[str],
+               sens: Sensitivity | None) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any]]:
         from ortools.sat.python import cp_model
 
         hw = prog.hardware
         encs = [e.name for e in hw.encodings]
-        missing = [n for n in free if self.sensitivity is None or n not in self.sensitivity
-                   or any(e not in self.sensitivity[n] for e in encs)]
+        missing = [n for n in free if sens is None or n not in sens or any(e not in sens[n] for e in encs)]
         if missing:
             raise AnacError(f"a budgeted encoding choice needs each layer's measured sensitivity; none for "
                             f"{', '.join(missing[:5])} (compile through anac.api, which measures them)")
@@ -161,7 +168,7 @@ class AssignDevices:
             m.add(sum(t.values()) <= tile_budget)
         if self.pcm_per_weight is not None:
             m.add(1000 * sum(dev.values()) <= round(1000 * self.pcm_per_weight) * total_w)
-        sens = self.sensitivity or {}
+        sens = sens or {}
         m.minimize(sum(round(_ERROR_SCALE * blk[3] / weights[n] * sens[n][e] ** 2) * x[n, b, e]
                        for n in free for b, blk in enumerate(blocks[n]) for e in encs))
         solver = cp_model.CpSolver()

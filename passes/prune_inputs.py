@@ -4,7 +4,8 @@ Always: rows of a weight matrix that are all zero (inputs that contribute
 nothing to any output) are removed. On request (``prune``: "LAYER=ROWS,..."
 or "auto"), a layer keeps its ROWS most important input rows, ranked by the
 L2 norm of the weight row, times the input's RMS over calibration data when
-the API passes it (``row_scale``). "auto" prunes the first crossbar layer to
+the API passes it (``row_scale``: a table, or a function of the program
+called once, before any row is removed, when a layer is to be pruned). "auto" prunes the first crossbar layer to
 the rows of one tile of the encoding with the most rows per tile (2-PCM on
 the IBM chip: 1024) when that saves tiles, and gives that layer that encoding,
 as the paper did for its keyword-spotting network (1960 inputs -> 1024).
@@ -15,7 +16,7 @@ count is what a plan needs; which rows, compile decides from the weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,7 +34,8 @@ class PruneInputs:
     requires: ClassVar[tuple[str, ...]] = ("partition",)
     produces: ClassVar[tuple[str, ...]] = ("pruning",)
     prune: str | Mapping[str, int] | None = None
-    row_scale: Mapping[str, np.ndarray] | None = None  # per layer: RMS of each input row over calibration data
+    # per layer: RMS of each input row over calibration data
+    row_scale: Mapping[str, np.ndarray] | Callable[[Program], Mapping[str, np.ndarray]] | None = None
 
     def run(self, prog: Program) -> None:
         mvms = prog.mvms or {}
@@ -42,6 +44,7 @@ class PruneInputs:
         if unknown:
             raise AnacError(f"--prune-inputs names layer(s) {', '.join(unknown)} that are not crossbar layers; "
                             f"the crossbar layers are: {', '.join(mvms) or '(none)'}")
+        row_scale = self.row_scale(prog) if requests and callable(self.row_scale) else self.row_scale
         report = {}
         for mvm in mvms.values():
             for mid in mvm.matrices:
@@ -53,7 +56,8 @@ class PruneInputs:
                     rows = requests[mvm.node]
                     if rows <= 0:
                         raise AnacError(f"--prune-inputs {mvm.node}={rows}: keep at least one row")
-                    keep = keep[:rows] if prog.plan is not None else self._most_important(m, keep, rows, mvm.node)
+                    keep = keep[:rows] if prog.plan is not None else \
+                        _most_important(m, keep, rows, None if row_scale is None else row_scale.get(mvm.node))
                 if len(keep) == 0:
                     keep = np.array([0])  # an all-zero matrix still needs one row to exist
                 if len(keep) < before:
@@ -79,16 +83,18 @@ class PruneInputs:
                 raise AnacError(f"--prune-inputs item '{part}' is not LAYER=ROWS (or the word auto)") from None
         return out
 
-    def _most_important(self, m: Matrix, live: np.ndarray, rows: int, layer: str) -> np.ndarray:
-        score = np.linalg.norm(m.weights.astype(np.float64), axis=1)
-        if self.row_scale is not None and layer in self.row_scale:
-            scale = np.asarray(self.row_scale[layer], np.float64)
-            if scale.shape != (m.shape[0],):
-                raise AnacError(f"input scale for {layer} has {scale.shape} entries; the layer has {m.shape[0]} rows")
-            score = score * scale
-        # Highest score first; ties by row index so the choice is deterministic.
-        order = live[np.lexsort((live, -score[live]))]
-        return np.sort(order[:rows])
+
+def _most_important(m: Matrix, live: np.ndarray, rows: int, row_scale: np.ndarray | None) -> np.ndarray:
+    """The ``rows`` live rows of highest weight norm (times the input's RMS when given)."""
+    score = np.linalg.norm(m.weights.astype(np.float64), axis=1)
+    if row_scale is not None:
+        scale = np.asarray(row_scale, np.float64)
+        if scale.shape != (m.shape[0],):
+            raise AnacError(f"input scale for {m.node} has {scale.shape} entries; the layer has {m.shape[0]} rows")
+        score = score * scale
+    # Highest score first; ties by row index so the choice is deterministic.
+    order = live[np.lexsort((live, -score[live]))]
+    return np.sort(order[:rows])
 
 
 def _keep_rows(m: Matrix, keep: np.ndarray) -> None:

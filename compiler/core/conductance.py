@@ -50,14 +50,17 @@ def clip_weights(w: np.ndarray, clip_sigma: float | None) -> np.ndarray:
 
 
 def device_targets(w: np.ndarray, encoding: Encoding, g_max: float, per_column: bool = False,
-                   clip_sigma: float | None = None, absmax: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   clip_sigma: float | None = None,
+                   absmax: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Target conductances (D x r x c, uS) and per-column scales (c,) of a weight slice.
 
-    ``absmax`` overrides the slice's own largest magnitude (per-tile scale only).
+    ``absmax`` overrides the slice's own largest magnitude: one value (per-tile
+    scale) or one per column (per-column scale), as when ``w`` is a sample of
+    the rows of a larger slice.
     """
     w = clip_weights(np.asarray(w, np.float32), clip_sigma)
     if per_column:
-        peak = np.abs(w).max(axis=0)
+        peak = np.abs(w).max(axis=0) if absmax is None else np.asarray(absmax, np.float32)
     else:
         peak = np.full(w.shape[1], np.abs(w).max() if absmax is None else absmax, np.float32)
     peak = np.where(peak > 0, peak, 1.0).astype(np.float32)
