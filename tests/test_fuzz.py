@@ -333,10 +333,10 @@ def _rewrite_npz(prog: Path, change) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("change,needle", [
-    (lambda a: a.__setitem__("slice_0", np.zeros((3, 3), np.float32)), "has shape [3, 3]; program.json declares"),
-    (lambda a: a.__setitem__("slice_0", a["slice_0"].astype(np.complex64)), "weights must be real numbers"),
-    (lambda a: a["slice_0"].__setitem__((0, 0), np.nan), "1 non-finite value(s)"),
-    (lambda a: a.__setitem__("scale_0", np.full_like(a["scale_0"], np.inf)), "member scale_0 holds"),
+    (lambda a: a.__setitem__("matrix_0", np.zeros((3, 3), np.float32)), "has shape [3, 3]; program.json declares"),
+    (lambda a: a.__setitem__("matrix_0", a["matrix_0"].astype(np.complex64)), "weights must be real numbers"),
+    (lambda a: a["matrix_0"].__setitem__((0, 0), np.nan), "1 non-finite value(s)"),
+    (lambda a: a.__setitem__("matrix_0", a["matrix_0"].astype(np.float64)), "matrix_0 is float64; weights are float32"),
 ])
 def test_weights_npz_members_are_checked(program_dir: Path, tmp_path: Path, change, needle: str) -> None:  # type: ignore[no-untyped-def]
     prog = _copy_program(program_dir, tmp_path)
@@ -353,13 +353,13 @@ def test_weights_npz_header_lying_about_its_size(program_dir: Path, tmp_path: Pa
     with zipfile.ZipFile(prog / "weights.npz", "w") as zf:
         for k, v in arrays.items():
             with zf.open(k + ".npy", "w") as f:
-                if k == "slice_0":
+                if k == "matrix_0":
                     np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
                                                              "shape": (2**20, 2**20)})
                     f.write(b"\0" * 16)
                 else:
                     np.lib.format.write_array(f, v)
-    assert_error(*run("inspect", prog), "member slice_0 declares shape [1048576, 1048576]")
+    assert_error(*run("inspect", prog), "member matrix_0 declares shape [1048576, 1048576]")
 
 
 # 7. malformed ONNX graphs

@@ -1,11 +1,14 @@
 """Save and load a compiled program: the ``NAME.anac/`` directory.
 
 Layout: ``program.json`` (format, hardware spec, stages in execution order,
-MVMs, matrices, slices with their placement), ``weights.npz`` (per slice its
-weights, its target conductances (float16, D x r x c) and per-column
-conductance scales; per MVM its digital bias; plain .npy members, never
-pickled),
-``host/<stage>.onnx`` and ``report.json`` (summary figures and pass timings).
+MVMs, matrices, slices with their placement), ``weights.npz`` (the weights
+once: per matrix ``matrix_<i>``, its kept rows after pruning; per MVM its
+digital bias; recurrent cells' constants; plain uncompressed .npy members,
+never pickled), ``host/<stage>.onnx`` and ``report.json`` (summary figures
+and pass timings). Target conductances are not stored: they are a
+deterministic function of a slice's weights, encoding and scale, recomputed
+on demand by ``Program.targets`` (format version 1 stored them, and the
+weights per slice; this anac refuses such a directory and says to recompile).
 A plan (``anac plan``) has program.json (with a ``plan`` field) and
 report.json only.
 program.json and weights.npz are byte-identical for the same model and
@@ -20,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 import zipfile
@@ -269,12 +273,8 @@ def _write(prog: Program, where: Path) -> None:
     if prog.plan is not None:  # a plan has no weights: no weights.npz, no host stages (they would hold weights)
         return
     arrays: list[tuple[str, np.ndarray]] = []
-    for s in prog.slices or []:
-        w = prog.matrices[s.matrix].weights  # type: ignore[index]
-        arrays.append((f"slice_{s.id}", w[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]))
-        targets, scale = prog.targets(s)
-        arrays.append((f"conductance_{s.id}", targets))
-        arrays.append((f"scale_{s.id}", scale))
+    for i, m in enumerate((prog.matrices or {}).values()):
+        arrays.append((f"matrix_{i}", m.weights))
     for i, mvm in enumerate((prog.mvms or {}).values()):
         if mvm.bias is not None:
             arrays.append((f"bias_{i}", mvm.bias))
@@ -313,7 +313,7 @@ def _write_npz(path: Path, arrays: list[tuple[str, np.ndarray]]) -> None:
             info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE)
             info.external_attr = 0o644 << 16
             with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+                np.lib.format.write_array(f, arr, allow_pickle=False)
 
 
 def load_program(path: str | Path, *, plan_ok: bool = False) -> Program:
@@ -336,6 +336,11 @@ def load_program(path: str | Path, *, plan_ok: bool = False) -> Program:
         raise ArtifactError(f"{pj} is unreadable: {e}") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{pj} must hold a JSON object, got a {type(data).__name__}")
+    if data.get("format") == FORMAT_NAME and isinstance(data.get("version"), int) and \
+            data["version"] < FORMAT_VERSION:
+        raise ArtifactError(f"{path} was written by an older anac ({data.get('compiler', 'unknown')}, format version "
+                            f"{data['version']}); this anac reads version {FORMAT_VERSION}, which stores the weights "
+                            f"once and recomputes conductance targets: compile the model again")
     if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
         raise ArtifactError(f"{pj} is format {data.get('format')!r} version {data.get('version')!r}; "
                             f"this anac reads {FORMAT_NAME!r} version {FORMAT_VERSION}")
@@ -365,10 +370,10 @@ def _inside(path: Path, rel: Any, field: str) -> Path:
 
 def _read_npz(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """The members of weights.npz; each member's header is read and checked (a real dtype, its size matching the
-    bytes stored, its shape the declared one for the names in ``expected``) before its data, which must be
-    finite."""
+    bytes stored, its shape the declared one for the names in ``expected``) before its data, which is read
+    straight into its array in chunks and must be finite."""
     arrays = {}
-    with zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(path) as zf, open(path, "rb", buffering=0) as raw:
         for info in zf.infolist():
             name = info.filename.removesuffix(".npy")
             with zf.open(info) as f:
@@ -387,12 +392,41 @@ def _read_npz(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.
                 if name in expected and tuple(shape) != expected[name]:
                     raise ArtifactError(f"{path}: member {name} has shape {list(shape)}; program.json declares "
                                         f"{list(expected[name])}")
-                a = np.frombuffer(f.read(nbytes), dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+                a = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+                if info.compress_type == zipfile.ZIP_STORED:  # as written: read the file straight into the array
+                    raw.seek(_data_offset(raw, info) + f.tell())
+                    _read_into(raw, a, path, name)
+                else:
+                    _read_into(f, a, path, name)
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise ArtifactError(f"{path}: member {name} holds {int(a.size - np.isfinite(a).sum())} non-finite "
                                     f"value(s) (NaN or Inf)")
             arrays[name] = a
     return arrays
+
+
+_CHUNK = 1 << 24  # bytes read at a time: no second copy of a large member is ever held
+
+
+def _data_offset(raw: Any, info: zipfile.ZipInfo) -> int:
+    """Where a member's data starts in the zip file: after its local header (30 bytes, name, extra field)."""
+    raw.seek(info.header_offset)
+    header = raw.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"member {info.filename} has no local header")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _read_into(f: Any, a: np.ndarray, path: Path, name: str) -> None:
+    """Fill ``a`` with the next ``a.nbytes`` bytes of ``f``."""
+    view = memoryview(a.reshape(-1, order="A").view(np.uint8))
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:done + _CHUNK])
+        if not got:
+            raise ArtifactError(f"{path}: member {name} ends after {done} of {len(view)} bytes")
+        done += got
 
 
 def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
@@ -421,8 +455,14 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
     where[0] = "slices"
     for i, s in enumerate(data["slices"]):
         where[0] = f"slices[{i}]"
-        slices.append(Slice.from_json(s))
-    expected = {f"slice_{s.id}": (s.rows[1] - s.rows[0], s.cols[1] - s.cols[0]) for s in slices}
+        sl = Slice.from_json(s)
+        if len(sl.rows) != 2 or len(sl.cols) != 2 or not all(type(v) is int for v in (*sl.rows, *sl.cols)):
+            raise TypeError(f"rows and cols must be [start, stop] integer pairs, got {s['rows']!r}, {s['cols']!r}")
+        slices.append(sl)
+    expected = {}
+    for i, m in enumerate(data["matrices"]):
+        where[0] = f"matrices[{i}]"
+        expected[f"matrix_{i}"] = tuple(int(d) for d in m["shape"])
     plan = data.get("plan")
     arrays: dict[str, np.ndarray] = {}
     if plan is None:
@@ -436,15 +476,15 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
     where[0] = "matrices"
     for i, m in enumerate(data["matrices"]):
         where[0] = f"matrices[{i}]"
-        shape = tuple(int(d) for d in m["shape"])
-        w = placeholder(shape, np.float32) if plan is not None else np.zeros(shape, dtype=np.float32)
+        if plan is not None:
+            w = placeholder(expected[f"matrix_{i}"], np.float32)
+        else:
+            w = arrays[f"matrix_{i}"]
+            if w.dtype != np.float32:
+                raise ArtifactError(f"{npz}: member matrix_{i} is {w.dtype}; weights are float32")
         kept = arrays[f"kept_rows_{i}"] if m["pruned"] and plan is None else None
         matrices[m["id"]] = Matrix(m["id"], m["node"], m["group"], w, m["encoding"], m["per_column"],
                                    m["clip_sigma"], kept, m["input_rows"])
-    for i, s in enumerate(slices if plan is None else []):
-        where[0] = f"slices[{i}]"
-        matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]] = arrays[f"slice_{s.id}"]
-        prog._targets[s.id] = (arrays[f"conductance_{s.id}"], arrays[f"scale_{s.id}"])
     mvms = {}
     where[0] = "mvms"
     for i, m in enumerate(data["mvms"]):

@@ -17,7 +17,7 @@ from anac.core.hardware import HardwareSpec
 from anac.core.ir import Graph, TensorInfo
 
 FORMAT_NAME = "anac-program"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights once, per matrix; conductance targets recomputed on load
 
 
 @dataclass
@@ -168,8 +168,10 @@ class Program:
     def targets(self, s: Slice) -> tuple[np.ndarray, np.ndarray]:
         """Target conductances (D x r x c, uS) and per-column scales of a slice.
 
-        Stored as float16 (steps of ~0.01 uS at 25 uS, far below the ~0.3 uS
-        programming noise), so the same values come back from weights.npz.
+        Computed on first use from the slice's weights, encoding and scale (a
+        loaded program recomputes them the same way; they are not stored) and
+        kept as float16: steps of ~0.01 uS at 25 uS, far below the ~0.3 uS
+        programming noise.
         """
         if s.id not in self._targets:
             m = self.matrices[s.matrix]  # type: ignore[index]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from anac.api import compile_model, load_program, save_program, simulate
 from anac.core.errors import ArtifactError, HardwareSpecError
 from anac.core.hardware import IBM_PCM_14NM, MYTHIC_M1076, HardwareSpec, load_hardware
 from helpers import const, make_model, node, tensor, weights
+
+MODELS = Path(__file__).parents[2] / "models"
 
 
 def _model(rng: np.random.Generator):  # type: ignore[no-untyped-def]
@@ -45,7 +48,55 @@ def test_weights_npz_is_plain_npy_and_deterministic(tmp_path: Path, rng: np.rand
     for f in ("program.json", "weights.npz"):
         assert (a / f).read_bytes() == (b / f).read_bytes()
     with np.load(a / "weights.npz", allow_pickle=False) as npz:
-        assert "slice_0" in npz.files and "bias_0" in npz.files
+        assert npz.files == ["matrix_0", "matrix_1", "bias_0"]  # the weights once; no conductance targets
+
+
+# sha256 of every slice's float16 targets and float32 scales, in slice order, as format version 1 (which
+# stored them in weights.npz) computed them for the committed KWS model; recomputation must not drift.
+_KWS_TARGETS = {
+    "4-PCM,fc0=2-PCM": ({"encoding": "4-PCM,fc0=2-PCM"},
+                        "834b93e30972145e988032debb8efa12a7680bbda857efc870be16d54e2d2856"),
+    "2-PCM,column,clip": ({"encoding": "2-PCM", "scale": "column", "clip_sigma": 3.0},
+                          "dc9d2f0d7e90baea9f458beb12829fd6934578365b283ecd81b8ecd129ef3384"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_KWS_TARGETS))
+def test_conductance_targets_recomputed_on_load_equal_the_stored_ones(tmp_path: Path, case: str) -> None:
+    options, digest = _KWS_TARGETS[case]
+    prog = compile_model(MODELS / "kws_mlp.onnx", options=options)
+    loaded = load_program(save_program(prog, tmp_path / "k.anac"))
+    h = hashlib.sha256()
+    for s in loaded.slices:
+        targets, scale = loaded.targets(s)
+        assert targets.dtype == np.float16 and scale.dtype == np.float32
+        np.testing.assert_array_equal(targets, prog.targets(s)[0])
+        h.update(targets.tobytes())
+        h.update(scale.tobytes())
+    assert h.hexdigest() == digest
+
+
+def test_program_directory_holds_the_weights_once(tmp_path: Path, rng: np.random.Generator) -> None:
+    prog = compile_model(_model(rng), options={"encoding": "4-PCM"})
+    path = save_program(prog, tmp_path / "m.anac")
+    weight_bytes = 4 * prog.analog_weights
+    # Members are the weights, one bias and .npy/zip headers of a few hundred bytes each.
+    assert (path / "weights.npz").stat().st_size <= 1.05 * weight_bytes
+    loaded = load_program(path)
+    for mid, m in prog.matrices.items():
+        w = loaded.matrices[mid].weights
+        assert w.dtype == np.float32 and w.flags.c_contiguous == m.weights.flags.c_contiguous
+        np.testing.assert_array_equal(w, m.weights)
+
+
+def test_an_old_program_directory_is_refused_with_the_way_out(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = save_program(compile_model(_model(rng)), tmp_path / "m.anac")
+    data = json.loads((path / "program.json").read_text())
+    data.update(version=1, compiler="anac 0.1.0")
+    (path / "program.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"written by an older anac \(anac 0.1.0, format version 1\); this anac "
+                                            r"reads version 2, .* compile the model again"):
+        load_program(path)
 
 
 def test_a_failed_write_leaves_nothing_and_keeps_the_old_program(tmp_path: Path, rng: np.random.Generator,
