@@ -27,7 +27,7 @@ from anac.core.program import Matrix, Program
 
 SENSITIVITY_T = 86400.0  # one day after programming
 SAMPLES = 64
-ROWS = 256  # input rows sampled per matrix
+ROWS = 128  # input rows sampled per matrix
 COLUMNS = 256  # output columns sampled per matrix
 
 

@@ -45,6 +45,11 @@ class Partition:
         matrices: dict[str, Matrix] = {}
         recurrent: dict[str, Recurrent] = {}
         absorbed: dict[str, str] = {}  # embedding Gather -> the recurrent layer that absorbed it
+        readers: dict[str, set[str]] = {}
+        for node in graph.nodes:
+            for t in node_reads(node):
+                if t in graph.constants:
+                    readers.setdefault(t, set()).add(node.name)
         for node in graph.nodes:
             if node.op_type in RECURRENT_OPS:
                 embedding = absorbable_embedding(node, graph)
@@ -56,6 +61,7 @@ class Partition:
                         absorbed[embedding.name] = node.name
                     mvms.update((m.node, m) for m in rec_mvms)
                     matrices.update((m.id, m) for m in mats)
+                    _drop_copied_weights(graph, node, readers)
                 continue
             lowered = lower(node, graph)
             if not isinstance(lowered, str):
@@ -147,6 +153,15 @@ def _pack_grouped(prog: Program, mvms: dict[str, MVM], matrices: dict[str, Matri
         out.update((m.id, m) for m in pack_groups(mvms[n], mats, per[n]))
     order = {n: i for i, n in enumerate(mvms)}
     return dict(sorted(out.items(), key=lambda kv: order[kv[1].node]))
+
+
+def _drop_copied_weights(graph: Graph, node: Node, readers: dict[str, set[str]]) -> None:
+    """Drop a lowered recurrent node's weights (W, R, B) when no other node reads them: they now live in its
+    stacked matrices and cell models, so the compile holds them once (dropped as each layer is lowered, the
+    copies never pile up)."""
+    for t in node.inputs[1:4]:
+        if t and readers.get(t) == {node.name}:
+            graph.constants.pop(t, None)
 
 
 def _elements(graph: Graph, name: str) -> int:

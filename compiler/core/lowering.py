@@ -25,7 +25,7 @@ import onnx
 from anac.core.errors import InvalidWeightsError
 from anac.core.ir import Graph, Node
 from anac.core.placeholder import is_placeholder, placeholder
-from anac.core.program import MVM, Matrix
+from anac.core.program import MVM, Matrix, weight_matrix
 
 ANALOG_OPS = ("Gemm", "MatMul", "Conv", "ConvTranspose")
 _FLOAT = onnx.TensorProto.FLOAT
@@ -109,7 +109,7 @@ def _lower_gemm(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
     mvm = MVM(node.name, node.op_type, "dense", x_name, node.outputs[0], [mid], bias=bias,
               alpha=float(node.attrs.get("alpha", 1.0)),
               params={"x_transpose": x_t, "y_transpose": y_t, "squeeze": False})
-    return mvm, [Matrix(mid, node.name, 0, _matrix(w))]
+    return mvm, [Matrix(mid, node.name, 0, weight_matrix(w))]
 
 
 def _lower_matmul(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
@@ -138,7 +138,7 @@ def _lower_matmul(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
     y_t = x_t and not squeeze
     mvm = MVM(node.name, node.op_type, "dense", x_name, node.outputs[0], [node.name],
               params={"x_transpose": x_t, "y_transpose": y_t, "squeeze": squeeze})
-    return mvm, [Matrix(node.name, node.name, 0, _matrix(w))]
+    return mvm, [Matrix(node.name, node.name, 0, weight_matrix(w))]
 
 
 def _lower_conv(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
@@ -193,16 +193,11 @@ def _lower_conv(node: Node, graph: Graph) -> tuple[MVM, list[Matrix]] | str:
         # (n_g, C_in/g, *k) -> (C_in/g * prod(k), n_g): rows ordered channel-major like im2col.
         wg = w[g * n_g:(g + 1) * n_g].reshape(n_g, -1).T
         mid = node.name if group == 1 else f"{node.name}#g{g}"
-        matrices.append(Matrix(mid, node.name, g, _matrix(wg)))
+        matrices.append(Matrix(mid, node.name, g, weight_matrix(wg)))
     bias = None if b is None else b.astype(np.float32)
     mvm = MVM(node.name, node.op_type, "conv", x_name, node.outputs[0], [m.id for m in matrices],
               bias=bias, params=params)
     return mvm, matrices
-
-
-def _matrix(w: np.ndarray) -> np.ndarray:
-    """A crossbar matrix: C-contiguous float32, or a placeholder as it is (it has no values to lay out)."""
-    return w if is_placeholder(w) else np.ascontiguousarray(w, dtype=np.float32)
 
 
 def groups_that_fit(matrices: list[Matrix], grid: tuple[int, int]) -> int:

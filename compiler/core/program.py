@@ -15,6 +15,7 @@ import onnx
 from anac.core.conductance import device_targets
 from anac.core.hardware import HardwareSpec
 from anac.core.ir import Graph, TensorInfo
+from anac.core.placeholder import is_placeholder
 
 FORMAT_NAME = "anac-program"
 FORMAT_VERSION = 2  # 2: weights once, per matrix; conductance targets recomputed on load
@@ -27,7 +28,7 @@ class Matrix:
     id: str
     node: str  # the MVM it belongs to
     group: int  # conv group index (0 for dense layers); for packed groups the index of the pack
-    weights: np.ndarray  # float32, K x N, C-contiguous
+    weights: np.ndarray  # float32, K x N, C- or Fortran-contiguous (see weight_matrix)
     encoding: str | None = None
     per_column: bool = False  # conductance scale per column, else one per slice (tile)
     clip_sigma: float | None = None  # clip weights beyond this many standard deviations
@@ -40,6 +41,15 @@ class Matrix:
     @property
     def shape(self) -> tuple[int, int]:
         return self.weights.shape  # type: ignore[return-value]
+
+
+def weight_matrix(w: np.ndarray) -> np.ndarray:
+    """A crossbar matrix's weights, float32 K x N: ``w`` itself when it already is float32 and C- or
+    Fortran-contiguous (a transposed ONNX weight stays a view of the model's constant, not a copy) or a
+    placeholder (a plan: no values to lay out), else a C-contiguous float32 copy."""
+    if is_placeholder(w) or w.dtype == np.float32 and (w.flags.c_contiguous or w.flags.f_contiguous):
+        return w
+    return np.ascontiguousarray(w, dtype=np.float32)
 
 
 @dataclass
@@ -175,7 +185,8 @@ class Program:
         """
         if s.id not in self._targets:
             m = self.matrices[s.matrix]  # type: ignore[index]
-            w = m.weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]
+            # C order whatever the matrix's: clipping's float32 std sums in memory order
+            w = np.ascontiguousarray(m.weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]])
             t, scale = device_targets(w, self.hardware.encoding(s.encoding), self.hardware.device.g_max_us,
                                       m.per_column, m.clip_sigma)
             self._targets[s.id] = (t.astype(np.float16), scale)

@@ -24,7 +24,7 @@ import onnx
 from anac.core.ir import Graph, Node
 from anac.core.lowering import check_finite
 from anac.core.placeholder import is_placeholder, placeholder
-from anac.core.program import MVM, Matrix
+from anac.core.program import MVM, Matrix, weight_matrix
 from onnx import TensorProto, helper, numpy_helper
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -204,11 +204,14 @@ def _mvm(node: Node, name: str, w: np.ndarray, x: str, y: str) -> tuple[MVM, Mat
 
 
 def _rows(*blocks: np.ndarray) -> np.ndarray:
-    """The blocks stacked row-wise as one C-contiguous float32 matrix; a placeholder when any block is one (a
-    plan: no values to copy)."""
+    """The blocks (each K_i x N, transposed ONNX weights) stacked row-wise as one float32 matrix: a lone block
+    as it is (a view, see weight_matrix), several joined in Fortran order (the originals' rows concatenated: a
+    fast copy); a placeholder when any block is one (a plan: no values to copy)."""
     if any(is_placeholder(b) for b in blocks):
         return placeholder((sum(b.shape[0] for b in blocks), blocks[0].shape[1]), np.float32)
-    return np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
+    if len(blocks) == 1:
+        return weight_matrix(blocks[0])
+    return np.concatenate([b.T for b in blocks], axis=1, dtype=np.float32).T
 
 
 class _Builder:

@@ -1,0 +1,100 @@
+"""Shared by bench_rnnt.py and bench_compile_vgg19.py: the floor, a compile in a child process (its own
+time and peak memory), the program directory's size and how long it takes to load.
+
+Every figure is printed as a ratio against a baseline measured in the same run: the floor (onnx.load
+plus one numpy pass over every weight) for compile time, the model file for peak memory and program
+size, onnx.load for loading the program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+CLI = [sys.executable, "-c", "from anac.cli import main; main()"]
+
+
+def floor_s(model: Path) -> tuple[float, float]:
+    """Seconds of onnx.load alone, and of onnx.load plus one numpy pass (a sum) over every weight."""
+    t = time.perf_counter()
+    m = onnx.load(str(model))
+    loaded = time.perf_counter() - t
+    total = sum(float(numpy_helper.to_array(i).sum(dtype=np.float64)) for i in m.graph.initializer)
+    floor = time.perf_counter() - t
+    del m
+    assert np.isfinite(total)
+    return loaded, floor
+
+
+def run_child(args: Sequence[str]) -> tuple[float, int, dict[str, Any]]:
+    """Wall seconds, peak resident bytes (of this child alone, by wait4) and the JSON it prints."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen([*CLI, *args], stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"anac {' '.join(args)} failed:\n{err.read().decode()}")
+        return seconds, usage.ru_maxrss * 1024, json.loads(out.read())
+
+
+def dir_bytes(path: Path) -> tuple[int, int]:
+    """Bytes of weights.npz, and of everything else in the program directory."""
+    files = [p for p in path.rglob("*") if p.is_file()]
+    npz = sum(p.stat().st_size for p in files if p.name == "weights.npz")
+    return npz, sum(p.stat().st_size for p in files) - npz
+
+
+def report(model: Path, compile_args: Sequence[str], repeats: int) -> None:
+    """Measure and print the table: floor, compile, peak memory, program size, load."""
+    from anac.api import load_program
+
+    size = model.stat().st_size
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model.anac"
+        floors, compiles, peaks, loads, onnx_loads = [], [], [], [], []
+        rep: dict[str, Any] = {}
+        for _ in range(repeats):
+            onnx_load, floor = floor_s(model)
+            floors.append(floor)
+            seconds, peak, rep = run_child(["compile", str(model), *compile_args, "-o", str(out), "--json", "-q"])
+            compiles.append(seconds)
+            peaks.append(peak)
+            t = time.perf_counter()
+            load_program(out)
+            loads.append(time.perf_counter() - t)
+            onnx_loads.append(onnx_load)
+        npz, other = dir_bytes(out)
+        timings = json.loads((out / "report.json").read_text())["timings_s"]
+    floor, comp, peak = statistics.median(floors), statistics.median(compiles), statistics.median(peaks)
+    load, oload = statistics.median(loads), statistics.median(onnx_loads)
+    weight_bytes = 4 * rep["weights"]
+    print(f"model: {model.name}, {size / 2**20:.1f} MiB file, {rep['weights']:,} weights on crossbars "
+          f"(medians of {repeats})")
+    print("| figure | value | baseline | ratio |")
+    print("|---|---|---|---|")
+    print(f"| compile `anac compile {' '.join(compile_args)}` | {comp:.2f} s | floor {floor:.2f} s | "
+          f"{comp / floor:.2f}x |")
+    print(f"| peak resident memory of the compile | {peak / 2**20:.0f} MiB | file {size / 2**20:.0f} MiB | "
+          f"{peak / size:.2f}x |")
+    print(f"| weights.npz | {npz / 2**20:.1f} MiB | weight bytes {weight_bytes / 2**20:.1f} MiB | "
+          f"{npz / weight_bytes:.3f}x |")
+    print(f"| other files of the program | {other / 2**20:.2f} MiB | | |")
+    print(f"| load_program | {load:.2f} s | onnx.load {oload:.2f} s | {load / oload:.2f}x |")
+    print("pass timings of the last compile (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+    print(f"result: {rep['tiles']} tiles on {rep['chips']} chips, {rep['pcm_per_weight']} PCM per weight")
