@@ -47,6 +47,8 @@ def with_real_weights(light: Path, out: Path, seed: int = 0) -> Path:
     g.node.extend(nodes)
     del g.initializer[:]
     g.initializer.extend(kept + made)
+    # The light models use IR version 3, where every initializer is also a graph input.
+    g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in made)
     onnx.save(model, str(out))
     return out
 
