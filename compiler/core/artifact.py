@@ -395,10 +395,10 @@ def _read_npz(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.
                 a = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
                 if info.compress_type == zipfile.ZIP_STORED:  # as written: read the file straight into the array
                     raw.seek(_data_offset(raw, info) + f.tell())
-                    _read_into(raw, a, path, name)
+                    finite = _read_into(raw, a, path, name)
                 else:
-                    _read_into(f, a, path, name)
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    finite = _read_into(f, a, path, name)
+            if not finite:
                 raise ArtifactError(f"{path}: member {name} holds {int(a.size - np.isfinite(a).sum())} non-finite "
                                     f"value(s) (NaN or Inf)")
             arrays[name] = a
@@ -418,15 +418,23 @@ def _data_offset(raw: Any, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _read_into(f: Any, a: np.ndarray, path: Path, name: str) -> None:
-    """Fill ``a`` with the next ``a.nbytes`` bytes of ``f``."""
-    view = memoryview(a.reshape(-1, order="A").view(np.uint8))
-    done = 0
+def _read_into(f: Any, a: np.ndarray, path: Path, name: str) -> bool:
+    """Fill ``a`` with the next ``a.nbytes`` bytes of ``f``; whether every value is finite (checked chunk by
+    chunk as it arrives, while it is in cache)."""
+    flat = a.reshape(-1, order="A")
+    view = memoryview(flat.view(np.uint8))
+    done = checked = 0
+    finite = True
     while done < len(view):
         got = f.readinto(view[done:done + _CHUNK])
         if not got:
             raise ArtifactError(f"{path}: member {name} ends after {done} of {len(view)} bytes")
         done += got
+        if a.dtype.kind == "f":
+            upto = done // a.itemsize
+            finite = finite and bool(np.isfinite(flat[checked:upto]).all())
+            checked = upto
+    return finite
 
 
 def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
