@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from anac import driver
 from anac.backends.calibrate import DEFAULT_PERCENTILE, calibrate, calibration_batches
+from anac.backends.estimates import PRECISION as SENSITIVITY_PRECISION
 from anac.backends.estimates import layer_sensitivity
 from anac.backends.simulator import Simulator, check_inputs, simulate
 from anac.backends.verify import HardwareVerifyReport, VerifyReport, parse_times, verify_hardware, verify_program
@@ -63,6 +64,7 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
     measure = _Measurements(calibration_data)
     if budgeted and options.get("sensitivity") is None:
         options["sensitivity"] = measure.sensitivity
+        options.setdefault("error_tolerance", SENSITIVITY_PRECISION)
     if options.get("prune") and calibration_data is not None and options.get("row_scale") is None:
         options["row_scale"] = measure.row_scale
     if calibration_data is not None and any(callable(options.get(k)) for k in ("sensitivity", "row_scale")):

@@ -42,7 +42,7 @@ class Pass(Protocol):
 
 
 # Options the API measures and hands to passes; what they lead to is reported, not stored as options.
-MEASURED_OPTIONS = ("sensitivity", "row_scale")
+MEASURED_OPTIONS = ("sensitivity", "row_scale", "error_tolerance")
 
 PIPELINE: tuple[Pass, ...] = (Partition(), PruneInputs(), AssignDevices(), SplitMatrices(), Replicate(), Place(),
                               ScheduleLinks())

@@ -23,6 +23,12 @@ split_matrices), the layer's ``encodings`` entry is its majority encoding.
 (anac.api passes one): it is called only when a budget leaves layers to
 choose, on the program as this pass sees it (pruned). The choice needs only
 the spec's capacities, so it is made once, before placement.
+``error_tolerance`` says how precise the table is: choices whose summed
+squared error is within that fraction of the least are taken as equal, and
+among them the one with the fewest devices wins (a second CP-SAT solve), so
+noise in a measured table does not decide between layers but what the
+mapping costs does (anac.api sets it to the measurement's precision, a user's
+table is exact by default).
 
 It runs before split_matrices because an encoding sets a tile's weight grid.
 """
@@ -57,6 +63,7 @@ class AssignDevices:
     tiles: int | None = None
     pcm_per_weight: float | None = None
     sensitivity: Sensitivity | Callable[[Program], Sensitivity] | None = None
+    error_tolerance: float = 0.0
     time_limit_s: float = 10.0
     seed: int = 0
 
@@ -169,32 +176,43 @@ class AssignDevices:
         if self.pcm_per_weight is not None:
             m.add(1000 * sum(dev.values()) <= round(1000 * self.pcm_per_weight) * total_w)
         sens = sens or {}
-        m.minimize(sum(round(_ERROR_SCALE * blk[3] / weights[n] * sens[n][e] ** 2) * x[n, b, e]
-                       for n in free for b, blk in enumerate(blocks[n]) for e in encs))
+        error = sum(round(_ERROR_SCALE * blk[3] / weights[n] * sens[n][e] ** 2) * x[n, b, e]
+                    for n in free for b, blk in enumerate(blocks[n]) for e in encs)
+        m.minimize(error)
         solver = cp_model.CpSolver()
         solver.parameters.max_time_in_seconds = self.time_limit_s
         solver.parameters.random_seed = self.seed
         solver.parameters.num_workers = 1  # one worker: the same answer on every run
         t0 = time.perf_counter()
         status = solver.solve(m)
-        elapsed = time.perf_counter() - t0
         if status == cp_model.INFEASIBLE:
             raise CapacityError(f"no choice of encodings fits {budget_text}")
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             raise AnacError(f"CP-SAT found no encoding choice within {self.time_limit_s} s for {budget_text}; "
                             f"raise the time limit")
+        obj, bound = solver.objective_value, solver.best_objective_bound
+        info = {"status": "optimal" if status == cp_model.OPTIMAL else "feasible",
+                "gap": 0.0 if status == cp_model.OPTIMAL or obj == 0 else round((obj - bound) / obj, 6),
+                "budget": budget_text, "min_tiles": min_tiles}
+        values = {k: solver.value(v) for k, v in x.items()}
+        if self.error_tolerance > 0 and free:
+            # Within the table's precision every choice is as good: take the one with the fewest devices.
+            m.add(error <= int(obj * (1 + self.error_tolerance)))
+            m.minimize(sum(dev.values()))
+            for k, v in values.items():
+                m.add_hint(x[k], v)
+            if solver.solve(m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                values = {k: solver.value(v) for k, v in x.items()}
+            info["error_tolerance"] = self.error_tolerance
+        info["solve_time_s"] = round(time.perf_counter() - t0, 3)
         out = dict(chosen)
         per_block: dict[str, list[str]] = {}
         for n in free:
-            got = [next(e for e in encs if solver.value(x[n, b, e])) for b in range(len(blocks[n]))]
+            got = [next(e for e in encs if values[n, b, e]) for b in range(len(blocks[n]))]
             share = {e: sum(blk[3] for blk, g in zip(blocks[n], got, strict=True) if g == e) for e in set(got)}
             out[n] = max(sorted(share), key=lambda e: share[e])
             if len(share) > 1:
                 per_block[n] = got
-        obj, bound = solver.objective_value, solver.best_objective_bound
-        info = {"status": "optimal" if status == cp_model.OPTIMAL else "feasible",
-                "gap": 0.0 if status == cp_model.OPTIMAL or obj == 0 else round((obj - bound) / obj, 6),
-                "budget": budget_text, "min_tiles": min_tiles, "solve_time_s": round(elapsed, 3)}
         return out, per_block, info
 
     def _budget_text(self, hw: HardwareSpec) -> str:

@@ -99,3 +99,21 @@ def test_deterministic_for_a_seed(rng: np.random.Generator, tmp_path: Path) -> N
     b = save_program(compile_model(model, options={"tiles": 4}), tmp_path / "b.anac")
     for f in ("program.json", "weights.npz"):
         assert (a / f).read_bytes() == (b / f).read_bytes()
+
+
+def test_within_the_error_tolerance_the_fewest_devices_win(rng: np.random.Generator) -> None:
+    model = _chain(rng, [500, 1000, 300, 30])  # l0 500 k weights, l1 300 k, l2 9 k
+    # All-4-PCM needs 4 tiles; l0 or l1 alone on 2-PCM fits 3; l1 costs a little less error than l0.
+    sens = {"l0": {"4-PCM": 0.05, "2-PCM": 0.100}, "l1": {"4-PCM": 0.05, "2-PCM": 0.0995},
+            "l2": {"4-PCM": 0.05, "2-PCM": 0.3}}
+    exact = compile_model(model, options={"tiles": 3, "sensitivity": sens})
+    assert exact.assignment["encodings"] == {"l0": "4-PCM", "l1": "2-PCM", "l2": "4-PCM"}
+    assert "error_tolerance" not in exact.assignment
+    tolerant = compile_model(model, options={"tiles": 3, "sensitivity": sens, "error_tolerance": 0.02})
+    a = tolerant.assignment
+    assert a["encodings"] == {"l0": "2-PCM", "l1": "4-PCM", "l2": "4-PCM"} and a["error_tolerance"] == 0.02
+    assert tolerant.pcm_devices() < exact.pcm_devices() and len(tolerant.tiles_used()) <= 3
+    # Beyond the tolerance the error still decides.
+    far = {**sens, "l0": {"4-PCM": 0.05, "2-PCM": 0.2}}
+    assert compile_model(model, options={"tiles": 3, "sensitivity": far, "error_tolerance": 0.02}
+                         ).assignment["encodings"]["l0"] == "4-PCM"
