@@ -5,7 +5,7 @@ The model is the ONNX suite's light VGG-19 graph with each ConstantOfShape weigh
 random initializer of its shape (He-scaled normal weights, small biases), written to a temp dir: a
 575 MB file whose weights are real bytes, as an exported VGG-19's are. The floor is onnx.load plus one
 numpy pass over every weight; the compile (``anac compile vgg19.onnx``, unbudgeted: every layer on
-4-PCM, as many chips as it takes) runs in a child process, so its peak resident memory is its own.
+4-PCM, as many chips as it takes) runs in a child process, which reports its own peak resident memory.
 
     python benchmarks/bench_compile_vgg19.py [--model light_resnet50] [--repeats 3]
 """

@@ -3,7 +3,7 @@ program size against the model, load time against onnx.load.
 
 The floor is onnx.load plus one numpy pass over the weights. The compile (``anac compile rnnt.onnx
 --chips 5``: frontend, sensitivity measurement, budgeted encoding choice, packing, CP-SAT placement and
-link schedule, writing the program) runs in a child process, so its peak resident memory is its own.
+link schedule, writing the program) runs in a child process, which reports its own peak resident memory.
 Issue 13 asks for compile <= 4x the floor, peak <= 2.5x the file, weights.npz <= 1.05x the weight
 bytes and load <= 1.5x onnx.load.
 

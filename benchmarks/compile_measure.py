@@ -1,9 +1,9 @@
 """Shared by bench_rnnt.py and bench_compile_vgg19.py: the floor, a compile in a child process (its own
 time and peak memory), the program directory's size and how long it takes to load.
 
-Every figure is printed as a ratio against a baseline measured in the same run: the floor (onnx.load
-plus one numpy pass over every weight) for compile time, the model file for peak memory and program
-size, onnx.load for loading the program.
+The child's peak is its own VmHWM, read at its exit. Every figure is printed as a ratio against a
+baseline measured in the same run: the floor (onnx.load plus one numpy pass over every weight) for
+compile time, the model file for peak memory and program size, onnx.load for loading the program.
 """
 
 from __future__ import annotations
@@ -23,7 +23,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-CLI = [sys.executable, "-c", "from anac.cli import main; main()"]
+# The child reports its own peak (VmHWM of its address space) at exit: wait4's ru_maxrss would also count
+# the parent's resident set that the fork copied, which the kernel carries across exec.
+_CHILD = """
+import atexit, os
+def _peak():
+    kib = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    open(os.environ["ANAC_BENCH_PEAK"], "w").write(kib)
+atexit.register(_peak)
+from anac.cli import main
+main()
+"""
+CLI = [sys.executable, "-c", _CHILD]
 
 
 def floor_s(model: Path) -> tuple[float, float]:
@@ -39,18 +50,17 @@ def floor_s(model: Path) -> tuple[float, float]:
 
 
 def run_child(args: Sequence[str]) -> tuple[float, int, dict[str, Any]]:
-    """Wall seconds, peak resident bytes (of this child alone, by wait4) and the JSON it prints."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Wall seconds, peak resident bytes (of the child's own address space) and the JSON it prints."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as peak:
         t = time.perf_counter()
-        proc = subprocess.Popen([*CLI, *args], stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        res = subprocess.run([*CLI, *args], stdout=out, stderr=err, env={**os.environ, "ANAC_BENCH_PEAK": peak.name})
         seconds = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        if proc.returncode != 0:
+        if res.returncode != 0:
             sys.exit(f"anac {' '.join(args)} failed:\n{err.read().decode()}")
-        return seconds, usage.ru_maxrss * 1024, json.loads(out.read())
+        return seconds, int(peak.read()) * 1024, json.loads(out.read())
 
 
 def dir_bytes(path: Path) -> tuple[int, int]:
