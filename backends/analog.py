@@ -79,26 +79,34 @@ class ProgrammedChip:
         return dict(self.read_at(t, drift_compensation))
 
     def read_at(self, t: float, drift_compensation: bool = True) -> Iterator[tuple[int, np.ndarray]]:
-        """(slice id, effective weights read at ``t`` s) one slice at a time, in slice order: a caller that
-        copies each where it belongs holds one slice's read at a time, not all of them."""
-        ratios = self._ratios(t) if drift_compensation and not self.noiseless else None
+        """(slice id, effective weights read at ``t`` s), one slice at a time: a caller that copies each
+        where it belongs holds the reads of the tiles still being read, not all of them.
+
+        Global drift compensation takes one ratio per tile: its probe reference over its probe read at t.
+        Each device is read once, in slice order; a slice is yielded (scaled) once every slice of its tile
+        has been read, so the tile's ratio is known.
+        """
         rng = self._read_rng(t)
+        if not drift_compensation or self.noiseless:
+            for sid, d in self._devices.items():
+                yield sid, d.weights_at(t, rng, False)
+            return
+        left = {key: len(ids) for key, ids in self._tiles.items()}
+        now = dict.fromkeys(self._tiles, 0.0)
+        pending: dict[tuple[object, ...], list[tuple[int, np.ndarray]]] = {key: [] for key in self._tiles}
         for sid, d in self._devices.items():
+            key = self._tile_of[sid]
             w = d.weights_at(t, rng, False)
-            yield sid, w if ratios is None else w * ratios[sid]
+            now[key] += _probe(w * d.scale)
+            pending[key].append((sid, w))
+            left[key] -= 1
+            if left[key] == 0:
+                ratio = np.float32(self._tile_reference[key] / now[key] if now[key] > 0 else 1.0)
+                for i, wi in pending.pop(key):
+                    yield i, wi * ratio
 
     def _read_rng(self, t: float) -> np.random.Generator:
         return np.random.default_rng([self.seed, 2, int(round(_check_time(t) * 1e3))])
-
-    def _ratios(self, t: float) -> dict[int, np.float32]:
-        """Global drift compensation, one ratio per tile: its probe reference over its probe read at t
-        (a first pass over the same reads, so no more than one slice's read is held at a time)."""
-        rng = self._read_rng(t)
-        now = dict.fromkeys(self._tiles, 0.0)
-        for sid, d in self._devices.items():
-            now[self._tile_of[sid]] += _probe(d.weights_at(t, rng, False) * d.scale)
-        return {i: np.float32(self._tile_reference[key] / now[key] if now[key] > 0 else 1.0)
-                for key, ids in self._tiles.items() for i in ids}
 
 
 def _check_time(t: float) -> float:

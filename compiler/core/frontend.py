@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -37,7 +38,7 @@ from anac.core.ir import Dim, Graph, Node, TensorInfo, node_reads
 from anac.core.lowering import ANALOG_OPS, lower
 from anac.core.placeholder import is_placeholder, placeholder
 from anac.core.recurrent import RECURRENT_OPS, lower_recurrent
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     inputs = _bind_shapes(inputs, input_shapes or {}, default_dim, batch)
     nodes = _named_nodes(g.node)
     graph = Graph(g.name or "model", nodes, inputs, outputs, constants, {}, opset, int(model.ir_version),
-                  tuple(model.functions))
+                  tuple(_detached(f, onnx.FunctionProto) for f in model.functions))
     _eliminate_dead(graph)
     for _ in range(_FOLD_ROUNDS):
         _infer_shapes(graph)
@@ -579,10 +580,23 @@ def _named_nodes(protos: Sequence[onnx.NodeProto]) -> list[Node]:
         while name in seen:
             name, k = f"{base}_{k}", k + 1
         seen.add(name)
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in p.attribute}
+        # Copies, not references: a reference into the parsed model would keep all of it (weights
+        # included) alive for as long as the graph lives.
+        protos = tuple(_detached(a, onnx.AttributeProto) for a in p.attribute)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in protos}
         domain = "" if p.domain == "ai.onnx" else p.domain
-        nodes.append(Node(name, p.op_type, list(p.input), list(p.output), attrs, domain, tuple(p.attribute)))
+        nodes.append(Node(name, p.op_type, list(p.input), list(p.output), attrs, domain, protos))
     return nodes
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _detached(proto: M, kind: type[M]) -> M:
+    """A copy of ``proto`` in a message of its own (not a view into the model it was parsed with)."""
+    out = kind()
+    out.CopyFrom(proto)
+    return out
 
 
 def _eliminate_dead(graph: Graph) -> None:
