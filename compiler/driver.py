@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import onnx
-from anac.core.digest import model_digest
 from anac.core.errors import PipelineError
 from anac.core.frontend import check_supported, import_model, load_onnx
 from anac.core.hardware import HardwareSpec, load_hardware
@@ -119,7 +118,6 @@ def import_program(
     t0 = time.perf_counter()
     proto = load_onnx(model, weights=weights)
     graph = import_model(proto, input_shapes, batch=batch, weights=weights)
-    digest = model_digest(proto) if weights else None  # a digest of the weights needs their bytes
     del proto
     check_supported(graph)
     frontend_s = time.perf_counter() - t0
@@ -128,7 +126,7 @@ def import_program(
     prog = Program(graph, spec, list(graph.inputs), list(graph.outputs),
                    options={k: v for k, v in sorted(options.items())
                             if v is not None and k not in MEASURED_OPTIONS and _plain(v)},
-                   model_digest=digest, plan=None if weights else {},
+                   model_digest=graph.digest, plan=None if weights else {},
                    model_file=None if isinstance(model, onnx.ModelProto) else Path(model).name)
     prog.timings["frontend"] = frontend_s
     return prog

@@ -259,10 +259,8 @@ def test_plan_errors_are_clean(tmp_path: Path) -> None:
 def test_compile_refuses_weights_that_do_not_fit_before_reading_them(tmp_path: Path) -> None:
     path = decoder.write(tmp_path, "decoder7b")  # 25.1 GiB of weights in a sparse file
     need = weight_bytes(onnx.load(str(path), load_external_data=False))
-    # External weights from their headers: the parameters; embedded constants (norm's 2 and eps, the attention
-    # scale, two int64 shapes) as held, with their protobuf framing (names, dims): a few bytes each.
-    embedded = 4 * (2 * 65 + 1) + 8 * (4 + 3)
-    assert 4 * 6_738_415_616 + embedded <= need <= 4 * 6_738_415_616 + embedded + 64 * (2 * 65 + 3)
+    # From the headers: the parameters, each norm's 2 and eps, the attention scale, two int64 shapes.
+    assert need == 4 * 6_738_415_616 + 4 * (2 * 65 + 1) + 8 * (4 + 3)
     code, _, err = run("compile", path, "--input-shape", "input_ids=1,1", env={MEMORY_ENV: "16G"})
     assert_clean_error(code, err, f"{need:,} bytes", f"needs 62.76 GiB ({int(2.5 * need):,} bytes)",
                        "16.00 GiB (17,179,869,184 bytes) is available", MEMORY_ENV, "Nothing was loaded",

@@ -27,6 +27,7 @@ from typing import TypeVar
 import numpy as np
 import onnx
 import onnx.version_converter
+from anac.core.digest import model_digest
 from anac.core.errors import (
     InsufficientMemoryError,
     InvalidWeightsError,
@@ -80,7 +81,7 @@ def load_onnx(source: str | Path | onnx.ModelProto, *, weights: bool = True) -> 
         except OSError as e:
             raise ModelLoadError(f"cannot read {path}: {e}") from None
         if weights:
-            check_memory(path, weight_bytes(model), "its weights")
+            check_memory(path, weight_bytes(model, path.stat().st_size), "its weights")
             _load_external_data(path, _external_tensors(model))
         else:
             _load_external_data(path, [t for t in _external_tensors(model) if _shape_like(t)])
@@ -138,18 +139,20 @@ COMPILE_MEMORY_FACTOR = 2.5
 MEMORY_ENV = "ANAC_MEMORY_LIMIT"  # bytes (suffixes K, M, G, T: powers of 1024) anac may use, for tests and batch jobs
 
 
-def weight_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the model's initializers: an external tensor's length (or dims x item size) from its header, an
-    embedded one's bytes as held (a tensor whose data disagrees with its dims is refused later, by name)."""
-    total = 0
+def weight_bytes(model: onnx.ModelProto, file_bytes: int | None = None) -> int:
+    """Bytes of the model's initializers, from their headers: an external tensor's length (or dims x item
+    size), an embedded one's dims x item size. Embedded data lies in the file, so with ``file_bytes`` their
+    sum counts at most the file's size (a tensor whose dims disagree with its data is refused later, by name).
+    No tensor's bytes are touched: reading raw_data from a parsed model copies it."""
+    embedded = external = 0
     for t in model.graph.initializer:
         if t.data_location != onnx.TensorProto.EXTERNAL:
-            total += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+            embedded += _nbytes(t.data_type, t.dims)
             continue
         length = next((e.value for e in t.external_data if e.key == "length"), None)
-        total += int(length) if length is not None and length.isdigit() else _nbytes(t.data_type, t.dims)
-    total += sum(_nbytes(sp.values.data_type, sp.dims) for sp in model.graph.sparse_initializer)
-    return total
+        external += int(length) if length is not None and length.isdigit() else _nbytes(t.data_type, t.dims)
+    embedded += sum(_nbytes(sp.values.data_type, sp.dims) for sp in model.graph.sparse_initializer)
+    return external + (embedded if file_bytes is None else min(embedded, file_bytes))
 
 
 def _nbytes(data_type: int, dims: Sequence[int]) -> int:
@@ -231,10 +234,11 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     tensors are placeholders, and so is what folds from them.
     """
     check_structure(model)
-    model = _upgrade_opset(model)
+    original, model = model, _upgrade_opset(model)
     g = model.graph
     opset = _opsets(model)
     constants = {t.name: _constant(t, weights) for t in g.initializer}
+    digest = model_digest(original, constants) if weights else None  # from the arrays: no copy of the bytes
     for sp in g.sparse_initializer:
         if not weights and int(np.prod(sp.dims, dtype=np.int64)) > _SMALL_CONSTANT:
             constants[sp.values.name] = placeholder(sp.dims, onnx.helper.tensor_dtype_to_np_dtype(
@@ -247,7 +251,7 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     inputs = _bind_shapes(inputs, input_shapes or {}, default_dim, batch)
     nodes = _named_nodes(g.node)
     graph = Graph(g.name or "model", nodes, inputs, outputs, constants, {}, opset, int(model.ir_version),
-                  tuple(_detached(f, onnx.FunctionProto) for f in model.functions))
+                  tuple(_detached(f, onnx.FunctionProto) for f in model.functions), digest)
     _eliminate_dead(graph)
     for _ in range(_FOLD_ROUNDS):
         _infer_shapes(graph)

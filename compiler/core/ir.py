@@ -92,6 +92,7 @@ class Graph:
     opset: dict[str, int]
     ir_version: int
     functions: tuple[onnx.FunctionProto, ...] = ()
+    digest: str | None = None  # anac.core.digest of the model it was imported from (None without weights)
 
     def producers(self) -> dict[str, Node]:
         """Map each tensor name to the node that produces it."""
