@@ -284,9 +284,12 @@ def test_conv_variants(rng, case):
     mvm = prog.mvms["h"]
     assert mvm.output == "y" and mvm.activation["op"] == "Relu"
     group = attrs.get("group", 1)
-    assert mvm.kind == "conv" and len(mvm.matrices) == group
-    for mid in mvm.matrices:
-        assert prog.matrices[mid].shape == (fan_in, k_shape[0] // group)
+    out_per_group = k_shape[0] // group
+    # Groups are packed block-diagonally, p of them to a matrix: fan_in * p rows by out_per_group * p columns.
+    packed = [prog.matrices[mid].shape[1] // out_per_group for mid in mvm.matrices]
+    assert mvm.kind == "conv" and sum(packed) == group
+    for mid, p in zip(mvm.matrices, packed, strict=True):
+        assert prog.matrices[mid].shape == (fan_in * p, out_per_group * p)
     assert (mvm.bias is not None) == with_bias
 
 
