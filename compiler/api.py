@@ -175,8 +175,9 @@ def check(model: str | Path | onnx.ModelProto,
         zeros = prog.zero_block_weights(mvm.matrices)
         analog.append({"node": mvm.node, "op_type": mvm.op_type, "matrices": len(mats),
                        "shape": list(mats[0].shape), "weights": sum(m.weights.size for m in mats) - zeros})
-    fused = [{"node": m.activation["node"], "op_type": m.activation["op"], "into": m.node}
-             for m in mvms.values() if m.activation]
+    fused = [{"node": m.norm, "op_type": "BatchNormalization", "into": m.node} for m in mvms.values() if m.norm]
+    fused += [{"node": m.activation["node"], "op_type": m.activation["op"], "into": m.node}
+              for m in mvms.values() if m.activation]
     host = []
     for st in prog.stages or []:
         for name in st.nodes if st.kind == "host" else []:

@@ -190,7 +190,8 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
         _json_out({**s, **solved, "output": str(out)})
         return
     click.echo(f"wrote {out}")
-    click.echo(f"  {s['analog_nodes']} analog nodes, {s['weights']:,} weights in {s['slices']} slices on "
+    click.echo(f"  {s['analog_nodes']} analog nodes ({s['fused_nodes']} nodes fused into them), {s['weights']:,} "
+               f"weights in {s['slices']} slices on "
                f"{s['tiles']} tiles of {s['chips']} chip(s); {s['pcm_devices']:,} PCM devices "
                f"({s['pcm_per_weight']} per weight); {s['host_stages']} host stage(s)")
     if perf["throughput_per_s"]:
@@ -288,7 +289,7 @@ def check_cmd(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"  {a['node']} ({a['op_type']}): {a['matrices']} x {a['shape'][0]}x{a['shape'][1]}, "
                        f"{a['weights']:,} weights")
         if rep["fused"]:
-            click.echo(f"activations fused into crossbar outputs: {len(rep['fused'])}")
+            click.echo(f"fused into crossbar outputs (activations, folded BatchNormalization): {len(rep['fused'])}")
             for f in rep["fused"]:
                 click.echo(f"  {f['node']} ({f['op_type']}) into {f['into']}")
         click.echo(f"host nodes: {len(rep['host'])}")

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from anac.core.errors import ShapeError
 from anac.core.ir import Graph, Node, node_reads
-from anac.core.lowering import groups_that_fit, lower, pack_groups, pack_sizes
-from anac.core.placeholder import tensor_proto
+from anac.core.lowering import check_finite, groups_that_fit, lower, pack_groups, pack_sizes
+from anac.core.placeholder import is_placeholder, placeholder, tensor_proto
 from anac.core.program import MVM, Matrix, Program, Stage
 from anac.core.recurrent import RECURRENT_OPS, Recurrent, absorbable_embedding, lower_recurrent
 
@@ -68,9 +68,11 @@ class Partition:
                 mvm, mats = lowered
                 mvms[node.name] = mvm
                 matrices.update((m.id, m) for m in mats)
+        graph_outputs = {t.name for t in prog.outputs}
+        folded = _fold_batchnorms(graph, mvms, matrices, graph_outputs)  # before packing: per-group columns
         if self.pack_groups:
             matrices = _pack_grouped(prog, mvms, matrices)
-        fused = _fuse_activations(graph, mvms, prog.hardware.analog_activations, {t.name for t in prog.outputs})
+        fused = folded | _fuse_activations(graph, mvms, prog.hardware.analog_activations, graph_outputs)
         level: dict[str, int] = {}  # tensor -> analog depth of its producer
         node_level: list[tuple[Node, int, bool]] = []
         for node in graph.nodes:
@@ -189,6 +191,75 @@ def _traffic(graph: Graph, mvm: MVM, k: int) -> dict[str, int]:
     else:
         vectors = x // k if k else 0
     return {"in_elements": x, "out_elements": y, "vectors": vectors}
+
+
+def _fold_batchnorms(graph: Graph, mvms: dict[str, MVM], matrices: dict[str, Matrix],
+                     graph_outputs: set[str]) -> dict[str, str]:
+    """Fold an inference-mode BatchNormalization that is the only reader of an MVM's output into it.
+
+    With s = scale / sqrt(var + eps) per output channel, column c of the weights becomes W[:, c] * s[c]
+    and the bias (b[c] - mean[c]) * s[c] + B[c] (computed in float64, stored float32). Only when the
+    BN's parameters are constants and its channel axis (1) is the MVM's output column axis. A plan's
+    placeholders keep their shapes (no values to fold). Returns {BN node: the MVM's pre-BN tensor}.
+    """
+    users = graph.consumers()
+    folded: dict[str, str] = {}
+    for mvm in mvms.values():
+        readers = users.get(mvm.output, [])
+        if len(readers) != 1 or mvm.output in graph_outputs or "recurrent" in mvm.params:
+            continue
+        bn = readers[0]
+        params = _batchnorm_params(bn, graph)
+        channels = _output_channels(mvm, graph, matrices)
+        if params is None or channels is None or bn.inputs[0] != mvm.output \
+                or any(p.shape != (channels,) for p in params):
+            continue
+        # The bias broadcasts against the output: channels on its second-to-last axis when the MVM transposes
+        # it (a MatMul, so no bias of its own); else on the last, where a Gemm's C may add rows.
+        y_t = mvm.kind == "dense" and mvm.params["y_transpose"]
+        bias_shape = (channels, 1) if y_t else np.broadcast_shapes((channels,), np.shape(mvm.bias))
+        mats = [matrices[m] for m in mvm.matrices]
+        if any(is_placeholder(a) for a in [*params, *(m.weights for m in mats), mvm.bias] if a is not None):
+            mvm.bias = placeholder(bias_shape, np.float32)
+        else:
+            scale, shift, mean, var = (p.astype(np.float64) for p in params)
+            s = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+            for m in mats:
+                n = m.shape[1]
+                m.weights = np.ascontiguousarray(m.weights.astype(np.float64) * s[m.group * n:(m.group + 1) * n],
+                                                 dtype=np.float32)
+            b = 0.0 if mvm.bias is None else mvm.bias.astype(np.float64)
+            mvm.bias = ((b - mean) * s + shift).reshape(bias_shape).astype(np.float32)
+            for m in mats:
+                check_finite(bn, f"weight folded into {mvm.node}", m.weights)
+            check_finite(bn, f"bias folded into {mvm.node}", mvm.bias)
+        folded[bn.name] = mvm.output
+        mvm.norm = bn.name
+        mvm.output = bn.outputs[0]
+    return folded
+
+
+def _batchnorm_params(node: Node, graph: Graph) -> list[np.ndarray] | None:
+    """Scale, B, mean and var of an inference-mode BatchNormalization whose parameters are constants, or None."""
+    if node.domain not in ("", "ai.onnx") or node.op_type != "BatchNormalization" or len(node.inputs) != 5:
+        return None
+    if int(node.attrs.get("training_mode", 0)) or len([o for o in node.outputs if o]) != 1 \
+            or not int(node.attrs.get("spatial", 1)):  # opset < 9 spatial=0: per element, not per channel
+        return None
+    params = [graph.constants.get(t) for t in node.inputs[1:]]
+    return None if any(p is None or p.dtype.kind != "f" for p in params) else params  # type: ignore[return-value]
+
+
+def _output_channels(mvm: MVM, graph: Graph, matrices: dict[str, Matrix]) -> int | None:
+    """The MVM's output columns when they lie on axis 1 of its output (BatchNormalization's channel axis)."""
+    cols = sum(matrices[m].shape[1] for m in mvm.matrices)
+    if mvm.kind == "conv":
+        return cols
+    info = graph.info(mvm.output)
+    if mvm.params["squeeze"] or info is None or info.shape is None:
+        return None
+    rank = len(info.shape)
+    return cols if rank - 1 - int(mvm.params["y_transpose"]) == 1 else None
 
 
 def _fuse_activations(graph: Graph, mvms: dict[str, MVM], allowed: tuple[str, ...],

@@ -54,7 +54,7 @@ def _check(model, analog: set[str], host: set[str], batch: int | None = BATCH, t
     for name in fused:
         act = prog.graph.node(name)
         (mvm,) = [m for m in prog.mvms.values() if m.activation and m.activation["node"] == name]
-        pre = prog.graph.node(mvm.node).outputs[0]
+        pre = prog.graph.node(mvm.norm or mvm.node).outputs[0]  # after a folded BatchNormalization, its output
         assert act.inputs[0] == pre and mvm.output == act.outputs[0] and mvm.activation["op"] == act.op_type
         # in no stage of its own, and the pre-activation tensor never leaves the MVM's analog stage
         assert all(name not in st.nodes and pre not in st.inputs + st.outputs for st in prog.stages)
@@ -127,7 +127,7 @@ def test_conv_maxpool_averagepool_flatten_gemm(rng):
     assert prog.matrices["a2"].shape == (8 * 3 * 3, 16)
 
 
-def test_batchnorm_between_convs_stays_on_host(rng):
+def test_batchnorm_between_convs_folds_into_them(rng):
     def bn(prefix: str, c: int) -> list:
         return [const(f"{prefix}_s", 1 + weights(rng, c, scale=0.1)), const(f"{prefix}_b", weights(rng, c, scale=0.1)),
                 const(f"{prefix}_m", weights(rng, c, scale=0.1)),
@@ -146,11 +146,12 @@ def test_batchnorm_between_convs_stays_on_host(rng):
         [tensor("x", ["N", 3, 10, 10])], [tensor("y", ["N", 5])],
         [const("k1", weights(rng, 64, 3, 3, 3, scale=0.3)), const("k2", weights(rng, 12, 64, 3, 3, scale=0.05)),
          const("c2", weights(rng, 12, scale=0.1)), const("w", weights(rng, 12, 5))] + bn("bn1", 64) + bn("bn2", 12))
-    # r1 reads the BatchNorm, not the Conv: it stays on the host
-    prog = _check(model, {"a1", "a2", "y"}, {"n1", "r1", "n2", "g", "f"})
+    # Each BatchNorm folds into its Conv; r1, reading the folded BatchNorm, fuses after it
+    prog = _check(model, {"a1", "a2", "y"}, {"g", "f"}, fused={"r1"})
+    assert {m.norm for m in prog.mvms.values()} == {"n1", "n2", None}
     assert prog.matrices["a2"].shape == (576, 12)
     assert slice_blocks(prog, "a2") == TWO_ROW_BLOCKS
-    assert stage_of(prog, "n1") < stage_of(prog, "a2") < stage_of(prog, "n2") < stage_of(prog, "y")
+    assert stage_of(prog, "a1") < stage_of(prog, "a2") < stage_of(prog, "g") < stage_of(prog, "y")
 
 
 def test_concat_of_analog_outputs_and_input(rng):

@@ -106,6 +106,7 @@ def summary(prog: Program) -> dict[str, Any]:
         "pcm_per_weight": round(_first_copy_devices(prog) / weights, 4) if weights else 0.0,  # copies aside
         "device_utilisation": round(devices / cap, 4) if cap else 0.0,
         "analog_nodes": len(prog.mvms or {}),
+        "fused_nodes": sum((m.norm is not None) + (m.activation is not None) for m in (prog.mvms or {}).values()),
         "host_nodes": sum(len(s.nodes) for s in stages if s.kind == "host"),
         "analog_stages": sum(s.kind == "analog" for s in stages),
         "host_stages": sum(s.kind == "host" for s in stages),
@@ -500,7 +501,7 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
         bias = arrays.get(f"bias_{i}") if m["has_bias"] else None
         mvms[m["node"]] = MVM(m["node"], m["op_type"], m["kind"], m["input"], m["output"], m["matrices"],
                               bias=bias, alpha=m["alpha"], params=m["params"], activation=m["activation"],
-                              input_range=m["input_range"])
+                              input_range=m["input_range"], norm=m.get("norm"))
     stages = []
     where[0] = "stages"
     for i, s in enumerate(data["stages"]):

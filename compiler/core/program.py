@@ -73,12 +73,13 @@ class MVM:
     # A fused activation at the tile output: {"op": "Relu"|"HardSigmoid"|"Clip", "node": name, ...params}.
     activation: dict[str, Any] | None = None
     input_range: float | None = None  # calibrated full-scale input (set by calibration)
+    norm: str | None = None  # a BatchNormalization node folded into the weights and bias
 
     def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "kind": self.kind, "input": self.input,
                 "output": self.output, "matrices": self.matrices, "alpha": self.alpha,
                 "has_bias": self.bias is not None, "params": self.params, "activation": self.activation,
-                "input_range": self.input_range}
+                "input_range": self.input_range, "norm": self.norm}
 
 
 @dataclass
