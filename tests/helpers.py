@@ -198,3 +198,23 @@ def matmul_chain(rng: np.random.Generator, dims: Sequence[int], batch: int = 4, 
             nodes.append(node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
             x = f"r{i}"
     return make_model(nodes, [tensor("x", [batch, dims[0]])], [tensor(x, [batch, dims[-1]])], inits)
+
+
+def run_cli(*args: object, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``anac ARGS`` in process: (exit code, stdout, stderr); an exception other than an exit is re-raised."""
+    from anac.cli import main
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_clean_error(code: int, err: str, *needles: str) -> None:
+    """Exit 1 with one 'error: ...' line last on stderr, no traceback, and each of ``needles`` in it."""
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    for n in needles:
+        assert n in err, (n, err)

@@ -13,15 +13,14 @@ import numpy as np
 import onnx
 import pytest
 from anac.api import compile_model
-from anac.cli import main
 from anac.core.artifact import load_program, summary
 from anac.core.dataflow import link_bytes
 from anac.core.errors import ArtifactError, InsufficientMemoryError
 from anac.core.frontend import MEMORY_ENV, import_model, load_onnx, weight_bytes
 from anac.core.placeholder import is_placeholder, placeholder
 from anac.plan import plan_model, plan_report
-from click.testing import CliRunner
-from helpers import const, make_model, node, save, tensor, weights
+from helpers import assert_clean_error, const, make_model, node, save, tensor, weights
+from helpers import run_cli as run
 
 MODELS = Path(__file__).parents[1] / "models"
 IBM = "ibm-pcm-14nm"
@@ -40,21 +39,6 @@ def _make_decoder():  # type: ignore[no-untyped-def]
 
 
 decoder = _make_decoder()
-
-
-def run(*args: object, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_clean_error(code: int, err: str, *needles: str) -> None:
-    assert code == 1, err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: ")
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def expected_tiles(layers: int, devices_per_weight: int, width: int = 4096, mlp: int = 11008,

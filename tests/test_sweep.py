@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from anac.api import load_inputs, load_program, verify
-from anac.cli import main
 from anac.sweep import load_grid, plan, run_sweep
-from click.testing import CliRunner
+from helpers import assert_clean_error
+from helpers import run_cli as run
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 RESULT = ("model", "hardware", "encoding", "drift_compensation", "seed", "time", "seconds", "accuracy",
@@ -134,21 +134,6 @@ def test_killed_sweep_restarts_where_it_stopped(tmp_path: Path) -> None:
     assert f"{done} already done" in code.stderr
     assert table(out / "results.csv") == table(tmp_path / "whole" / "results.csv")
     assert "cells done" in code.stderr and "left" in code.stderr  # progress on stderr
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_clean_error(code: int, err: str, *needles: str) -> None:
-    assert code == 1, err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: ")
-    for n in needles:
-        assert n in err, (n, err)
 
 
 @pytest.mark.parametrize(("change", "needles"), [

@@ -8,28 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from anac.cli import main
-from click.testing import CliRunner
-from helpers import const, make_model, node, save, tensor
+from helpers import assert_clean_error, const, make_model, node, save, tensor
+from helpers import run_cli as run
 
 MODELS = Path(__file__).parents[2] / "models"
 KWS = MODELS / "kws_mlp.onnx"
 DIGITS = MODELS / "digits_mlp.onnx"
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_clean_error(code: int, err: str, *needles: str) -> None:
-    assert code == 1, err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: ")
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def leftovers(where: Path) -> list[str]:
