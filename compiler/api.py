@@ -329,11 +329,13 @@ def verify(
     declared = model_inputs(proto)
     if isinstance(program, (str, Path)):
         program = load_program(program)
-    if program is not None and program.model_digest is not None and program.model_digest != model_digest(proto):
-        raise ProgramMismatchError(
-            f"the program was compiled from another model: its model digest is {program.model_digest}, "
-            f"{model if isinstance(model, (str, Path)) else 'the model given'} has {model_digest(proto)}; "
-            f"compile this model again or verify against the model the program came from")
+    if program is not None and program.model_digest is not None:
+        digest = model_digest(proto)
+        if digest != program.model_digest:
+            raise ProgramMismatchError(
+                f"the program was compiled from another model: its model digest is {program.model_digest}, "
+                f"{model if isinstance(model, (str, Path)) else 'the model given'} has {digest}; "
+                f"compile this model again or verify against the model the program came from")
     if inputs is None and program is not None:
         # A compiled program has its shapes bound: the batch must be the one it was compiled for.
         batch_inputs(declared, input_shapes or {}, batch)
