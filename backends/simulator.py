@@ -29,7 +29,7 @@ output columns added digitally.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -141,6 +141,9 @@ class Simulator:
         self._slots: dict[int, list[tuple[np.ndarray, Any, bool]]] = {}
         self._epilogue: dict[int, tuple[np.ndarray | None, bool]] = {}  # ideal dense MatMul models: bias, ReLU
         self._whole: set[str] = set()  # ideal MVMs whose model holds all of them
+        self._steps: list[tuple[str, Any]] | None = None  # what run() does, planned at its first call
+        self._fused: dict[Any, Any] = {}  # ideal mode: recurrent cells' step sessions (_fused_cell)
+        self._x_blocks: dict[str, _RowBlocks] = {}  # hardware mode: cell matrices' x-only slices (_layout_recurrent)
         if mode == "ideal" and not per_slice:
             for mvm in (prog.mvms or {}).values():
                 dense = [_dense(prog.matrices[m].weights, plans)  # type: ignore[index]
@@ -181,6 +184,7 @@ class Simulator:
             raise AnacError("program a chip instance (Simulator.program(seed)) before reading it")
         if not self._stacks:
             self._layout()
+            self._layout_recurrent()
         self.t = None
         for sid, w in self.chip.read_at(t, drift_compensation):
             sl = self.prog.slices[sid]  # type: ignore[index]
@@ -224,7 +228,8 @@ class Simulator:
 
     def read_weight_bytes(self) -> int:
         """Hardware mode: bytes of the read weights held (row blocks and conv kernels; 0 before the first read)."""
-        dense = sum(w.nbytes for blocks in self._stacks.values() for b in blocks for w in b.weights)
+        dense = sum(w.nbytes for blocks in self._stacks.values() for b in blocks for w in b.weights) \
+            + sum(w.nbytes for b in self._x_blocks.values() for w in b.weights)
         return dense + sum(b.kernel.nbytes for groups in self._conv_blocks.values() for g in groups for b in g)
 
     def _layout(self) -> None:
@@ -257,6 +262,33 @@ class Simulator:
                         slot = (b.kernel.reshape(b.kernel.shape[0], -1), (slice(*p.cols), rows), True)
                     self._slots.setdefault(p.id, []).append(slot)
 
+    def _layout_recurrent(self) -> None:
+        """Hardware mode: a cell's matrix driven by [x_t, h] keeps the slices that hold only x rows in row
+        blocks of their own (``_x_blocks``, run over all steps at once) and the others in its stack; each
+        slice's read still lands in one buffer."""
+        for rec in self.prog.recurrent.values():
+            for cell in rec.cells:
+                concats = {s[1]: s[2] for s in cell.steps if s[0] == "concat"}
+                for s in cell.steps:
+                    if s[0] != "mvm" or concats.get(s[2]) != ["x", "h"]:
+                        continue
+                    mvm = self.prog.mvms[s[1]]  # type: ignore[index]
+                    if not _plain(mvm, self.prog) or any(m in self._copies for m in mvm.matrices):
+                        continue
+                    width = self.prog.matrices[mvm.matrices[0]].shape[0] - rec.hidden  # type: ignore[index]
+                    group = self._plans[s[1]][0]
+                    xs = [p for p in group if p.rows[1] <= width]
+                    if not xs:
+                        continue
+                    hs = [p for p in group if p.rows[1] > width]
+                    self._x_blocks[s[1]], self._stacks[s[1]] = _row_blocks(xs), [_row_blocks(hs)]
+                    for blocks, part in ((self._x_blocks[s[1]], xs), (self._stacks[s[1]][0], hs)):
+                        for p in part:
+                            i = blocks.starts.index(p.rows[0])
+                            c0 = blocks.cols[i][0]
+                            self._slots[p.id] = [(blocks.weights[i], (slice(0, p.rows[1] - p.rows[0]),
+                                                                      slice(p.cols[0] - c0, p.cols[1] - c0)), False)]
+
     def _need_hardware(self, what: str) -> None:
         if self.mode != "hardware":
             raise AnacError(f"Simulator.{what}() is for hardware mode; this simulator is in {self.mode} mode")
@@ -268,17 +300,126 @@ class Simulator:
                 raise AnacError("program a chip instance (Simulator.program(seed)) before running in hardware mode")
             self.at(0.0)
         env: dict[str, object] = dict(check_inputs(self.prog.inputs, inputs))
-        for stage in self.prog.stages or []:
-            if stage.kind == "host":
-                self._host.run(stage, env)
-            elif stage.kind == "recurrent":
-                rec = self.prog.recurrent[stage.nodes[0]]
-                env.update(self._run_recurrent(rec, env))
+        if self._steps is None:
+            self._steps = self._plan_steps()
+        for kind, item in self._steps:
+            if kind == "host":
+                self._host.run(item, env)
+            elif kind == "recurrent":
+                env.update(self._run_recurrent(item, env))
+            elif kind == "mvm":
+                env[item.output] = self._run_mvm(item, env[item.input])  # type: ignore[arg-type]
             else:
-                for node in stage.nodes:
-                    mvm = self.prog.mvms[node]  # type: ignore[index]
-                    env[mvm.output] = self._run_mvm(mvm, env[mvm.input])  # type: ignore[arg-type]
+                key, model, ins, outs, what = item
+                sess = self._sessions.get(key, model, what)[0]
+                env.update(zip(outs, run_session(sess, {n: env[n] for n in ins}, what), strict=True))
         return {t.name: env[t.name] for t in self.prog.outputs}  # type: ignore[misc]
+
+    def _plan_steps(self) -> list[tuple[str, Any]]:
+        """What ``run`` does, in order: host stages, MVMs, recurrent layers; in ideal mode without an observer
+        each run of consecutive host stages and MVMs that ONNX ops can express (all of them, unless a
+        recurrent layer or an unusual MVM is between) is one onnxruntime graph ("fused"), so a program of
+        many small stages pays one session call, not one per stage."""
+        steps: list[tuple[str, Any]] = []
+        for st in self.prog.stages or []:
+            if st.kind == "host":
+                steps.append(("host", st))
+            elif st.kind == "recurrent":
+                steps.append(("recurrent", self.prog.recurrent[st.nodes[0]]))
+            else:
+                steps += [("mvm", self.prog.mvms[n]) for n in st.nodes]  # type: ignore[index]
+        if self.mode != "ideal" or self.observer is not None:
+            return steps
+        parts = [self._graph_part(kind, item) for kind, item in steps]
+        reads = [_step_reads(kind, item) for kind, item in steps]
+        wanted = {t.name for t in self.prog.outputs}
+        out: list[tuple[str, Any]] = []
+        i = 0
+        while i < len(steps):
+            j = i
+            while j < len(steps) and parts[j] is not None:
+                j += 1
+            later = wanted.union(*(reads[k] for k in range(len(steps)) if not i <= k < j))
+            fused = _fuse([p for p in parts[i:j] if p is not None], later, f"segment{len(out)}") if j > i else None
+            if fused is None:
+                out.append(steps[i])
+                i += 1
+                continue
+            model, ins, outs = fused
+            names = [st.name if kind == "host" else st.node for kind, st in steps[i:j]]
+            what = f"host stages and MVMs {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+            out.append(("fused", (("fused", i), model, ins, outs, what)))
+            i = j
+        return out
+
+    def _graph_part(self, kind: str, item: Any) -> _Part | None:
+        """Ideal mode: a host stage or an MVM as ONNX nodes for a fused graph; None if it cannot be one."""
+        if kind == "host":
+            m = item.model
+            if not isinstance(m, onnx.ModelProto):
+                return None
+            g = m.graph
+            return _Part(list(g.node), list(g.initializer), list(g.input), list(g.output),
+                         {o.domain or "": o.version for o in m.opset_import}, list(m.functions), m.ir_version)
+        if kind != "mvm":
+            return None
+        mvm: MVM = item
+        p, pre = mvm.params, f"anac::{mvm.node}/"
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
+        if mvm.node in self._conv_models:
+            model, whole = self._conv_models[mvm.node]
+            rename = {"x": mvm.input, "y": pre + "y"}
+            for n in model.graph.node:
+                nodes.append(helper.make_node(n.op_type, [rename.get(i, pre + i) for i in n.input],
+                                              [rename.get(o, pre + o) for o in n.output], name=pre + n.op_type,
+                                              **{a.name: helper.get_attribute_value(a) for a in n.attribute}))
+            for t in model.graph.initializer:
+                inits.append(numpy_helper.from_array(numpy_helper.to_array(t), pre + t.name))
+            if whole:
+                nodes[-1].output[0] = mvm.output
+                return _Part(nodes, inits, [], [], {"": 11}, [], 8, [mvm.input], [mvm.output])
+            bias_shape = (-1,) + (1,) * len(p["kernel"])
+        elif mvm.kind == "dense" and len(mvm.matrices) == 1 and id(self._plans[mvm.node][0]) in self._dense \
+                and not (p.get("x_transpose") or p.get("y_transpose") or p.get("squeeze")):
+            x = mvm.input
+            kept = self.prog.matrices[mvm.matrices[0]].kept_rows  # type: ignore[index]
+            if kept is not None:
+                inits.append(numpy_helper.from_array(np.asarray(kept, np.int64), pre + "kept"))
+                nodes.append(helper.make_node("Gather", [x, pre + "kept"], [pre + "rows"], axis=-1,
+                                              name=pre + "Gather"))
+                x = pre + "rows"
+            inits.append(numpy_helper.from_array(self._dense[id(self._plans[mvm.node][0])], pre + "w"))
+            nodes.append(helper.make_node("MatMul", [x, pre + "w"], [pre + "y"], name=pre + "MatMul"))
+            bias_shape = None
+        else:
+            return None
+        y = pre + "y"
+        if mvm.alpha != 1.0:
+            inits.append(numpy_helper.from_array(np.float32(mvm.alpha), pre + "alpha"))
+            nodes.append(helper.make_node("Mul", [y, pre + "alpha"], [pre + "scaled"], name=pre + "Mul"))
+            y = pre + "scaled"
+        if mvm.bias is not None:
+            b = mvm.bias.astype(np.float32)
+            inits.append(numpy_helper.from_array(b if bias_shape is None else b.reshape(bias_shape), pre + "b"))
+            nodes.append(helper.make_node("Add", [y, pre + "b"], [pre + "biased"], name=pre + "Add"))
+            y = pre + "biased"
+        act = mvm.activation
+        if act is not None:
+            if act["op"] == "Relu":
+                nodes.append(helper.make_node("Relu", [y], [pre + "act"], name=pre + "Relu"))
+            elif act["op"] == "HardSigmoid":
+                nodes.append(helper.make_node("HardSigmoid", [y], [pre + "act"], name=pre + "HardSigmoid",
+                                              alpha=float(act["alpha"]), beta=float(act["beta"])))
+            else:
+                bounds = []
+                for k in ("min", "max"):
+                    if act[k] is not None:
+                        inits.append(numpy_helper.from_array(np.float32(act[k]), pre + k))
+                    bounds.append("" if act[k] is None else pre + k)
+                nodes.append(helper.make_node("Clip", [y, *bounds], [pre + "act"], name=pre + "Clip"))
+        nodes[-1].output[0] = mvm.output  # the last node's output: nothing in the part reads it
+        return _Part(nodes, inits, [], [], {"": 11}, [], 8, [mvm.input], [mvm.output])
 
     def _matmul_ideal(self, mvm: MVM, x: np.ndarray, plans: list[_SlicePlan], n: int) -> np.ndarray:
         """x (M x K) @ W: one onnxruntime MatMul on the assembled matrix (the same float32 kernel the
@@ -373,7 +514,15 @@ class Simulator:
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
     def _run_recurrent(self, rec: Any, env: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """One LSTM/GRU/RNN layer: its cell once per time step and direction, with sequence_lens masking."""
+        """One LSTM/GRU/RNN layer: its cell once per time step and direction, with sequence_lens masking.
+
+        The products of the input alone are made for all steps at once before the loop (each product is
+        its own input vector, so batching them changes nothing): in ideal mode a cell's matrix driven by
+        [x_t, h] splits into its x rows (one MatMul over all steps) and its h rows, and each step is one
+        onnxruntime session (h's products, the sums and the cell's host models in one graph); in hardware
+        mode the slices that hold only x rows run over all steps at once (each product still converted on
+        its own), the others per step. With an observer the cell runs step by step as written.
+        """
         def value(name: str) -> np.ndarray | None:
             if not name:
                 return None
@@ -386,6 +535,7 @@ class Simulator:
         seq, batch, hidden = x.shape[0], x.shape[1], rec.hidden  # (seq, batch) token indices when absorbed
         lens = value(rec.sequence_lens)
         lens = np.full(batch, seq) if lens is None else lens.astype(np.int64)
+        masked = bool((lens < seq).any())
         h0, c0 = value(rec.initial_h), value(rec.initial_c)
         if rec.layout:
             h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
@@ -400,28 +550,103 @@ class Simulator:
             h = np.zeros((batch, hidden), np.float32) if h0 is None else h0[d].astype(np.float32)
             c = np.zeros((batch, hidden), np.float32) if c0 is None else c0[d].astype(np.float32)
             order = range(seq) if direction == "forward" else range(seq - 1, -1, -1)
+            step = self._cell_steps(rec, d, cell, np.ascontiguousarray(xd, dtype=np.float32))
             for t in order:
-                e: dict[str, np.ndarray] = {"x": xd[t], "h": h, "c": c}
-                for step in cell.steps:
-                    if step[0] == "concat":
-                        e[step[1]] = np.concatenate([e[a] for a in step[2]], axis=1)
-                    elif step[0] == "add":
-                        e[step[1]] = (e[step[2][0]] + e[step[2][1]]).astype(np.float32)
-                    elif step[0] == "mvm":
-                        e[step[3]] = self._run_mvm(self.prog.mvms[step[1]], e[step[2]], t)  # type: ignore[index]
-                    else:
-                        sess = self._sessions.get((rec.node, d, step[1]), cell.models[step[1]],
-                                                  f"the cell of {rec.node} (direction {d}, part {step[1]})")[0]
-                        outs = run_session(sess, {n: e[n] for n in step[2]}, f"the cell of {rec.node}")
-                        e.update(zip(step[3], outs, strict=True))
-                active = (t < lens)[:, None]
-                h = np.where(active, e["h_new"], h).astype(np.float32)
-                c = np.where(active, e["c_new"], c).astype(np.float32)
-                y[t, d] = np.where(active, e["h_new"], 0)
+                h_new, c_new = step(t, h, c)
+                if masked:
+                    active = (t < lens)[:, None]
+                    h = np.where(active, h_new, h).astype(np.float32)
+                    c = np.where(active, c_new, c).astype(np.float32)
+                    y[t, d] = np.where(active, h_new, 0)
+                else:
+                    h, c = np.asarray(h_new, np.float32), np.asarray(c_new, np.float32)
+                    y[t, d] = h
             y_h[d], y_c[d] = h, c
         if rec.layout:
             y, y_h, y_c = np.transpose(y, (2, 0, 1, 3)), np.swapaxes(y_h, 0, 1), np.swapaxes(y_c, 0, 1)
         return {name: v for name, v in zip(rec.outputs, (y, y_h, y_c), strict=True) if name}
+
+    def _cell_steps(self, rec: Any, d: int, cell: Any, xd: np.ndarray) -> Callable[
+            [int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """One direction's step function (t, h, c) -> (h_new, c_new), its input-only products made for all
+        of ``xd`` (seq, batch, in) first where the mode allows."""
+        seq, batch = xd.shape[:2]
+        flat = xd.reshape(seq * batch, -1)
+        if self.mode == "ideal" and self.observer is None:
+            fused = self._fused_cell(rec, d, cell, xd.shape[-1])
+            if fused is not None:
+                sess, pre = fused
+                products = {name: self._product(("cell", rec.node, d, name), flat, w).reshape(seq, batch, -1)
+                            for name, w in pre}
+                needs = [i.name for i in sess.get_inputs()]
+
+                def fused_step(t: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    e = {"x": xd[t], "h": h, "c": c}
+                    feeds = {n: products[n][t] if n in products else e[n] for n in needs}
+                    out = run_session(sess, feeds, f"the cell of {rec.node} (direction {d})")
+                    return out[0], out[1]
+                return fused_step
+        # Step by step; in hardware mode the input-only products first, over all steps.
+        pre: dict[str, np.ndarray] = {}
+        split: dict[str, tuple[MVM, _RowBlocks, int]] = {}
+        if self.mode == "hardware":
+            for _, node, inp, out in (s for s in cell.steps if s[0] == "mvm"):
+                mvm = self.prog.mvms[node]  # type: ignore[index]
+                if not _plain(mvm, self.prog) or any(m in self._copies for m in mvm.matrices):
+                    continue  # a replicated layer's steps go to its copies in turn: kept per step
+                n = self.prog.matrices[mvm.matrices[0]].shape[1]  # type: ignore[index]
+                if inp == "x":
+                    pre[out] = self._run_mvm_once(mvm, flat).reshape(seq, batch, n)
+                elif node in self._x_blocks:
+                    pre[out] = self._matmul_hardware(mvm, flat, self._x_blocks[node], n).reshape(seq, batch, n)
+                    split[node] = (mvm, self._stacks[node][0], n)
+
+        def step(t: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            e: dict[str, np.ndarray] = {"x": xd[t], "h": h, "c": c}
+            for s in cell.steps:
+                if s[0] == "concat":
+                    e[s[1]] = np.concatenate([e[a] for a in s[2]], axis=1)
+                elif s[0] == "add":
+                    e[s[1]] = (e[s[2][0]] + e[s[2][1]]).astype(np.float32)
+                elif s[0] == "mvm":
+                    if s[1] in split:  # the slices that see h, then the x-only slices' converted outputs
+                        mvm, blocks, n = split[s[1]]
+                        e[s[3]] = self._matmul_hardware(mvm, e[s[2]], blocks, n) + pre[s[3]][t]
+                    elif s[3] in pre:
+                        e[s[3]] = pre[s[3]][t]
+                    else:
+                        e[s[3]] = self._run_mvm(self.prog.mvms[s[1]], e[s[2]], t)  # type: ignore[index]
+                else:
+                    sess = self._sessions.get((rec.node, d, s[1]), cell.models[s[1]],
+                                              f"the cell of {rec.node} (direction {d}, part {s[1]})")[0]
+                    outs = run_session(sess, {n: e[n] for n in s[2]}, f"the cell of {rec.node}")
+                    e.update(zip(s[3], outs, strict=True))
+            return e["h_new"], e["c_new"]
+        return step
+
+    def _product(self, key: Any, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Ideal mode: x @ w in float32, on an onnxruntime MatMul (made once under ``key``) when w is large."""
+        if not x.size or w.size < _ORT_MATMUL:
+            return x @ w  # type: ignore[no-any-return]
+        sess = self._sessions.get(key, lambda: _matmul_model(np.ascontiguousarray(w)), "a product of a cell")[0]
+        return run_session(sess, {"x": np.ascontiguousarray(x)}, "a product of a cell")[0]  # type: ignore[no-any-return]
+
+    def _fused_cell(self, rec: Any, d: int, cell: Any, width: int) -> tuple[Any, list[tuple[str, np.ndarray]]] | None:
+        """Ideal mode: one direction's step as one onnxruntime session, and the input-only products it takes
+        ((graph input, weights) each, made for all steps before the loop); None when a product of the cell
+        is not a plain x @ W (then the cell runs step by step)."""
+        key = ("cell", rec.node, d, width)
+        if key in self._fused:
+            return self._fused[key]
+        fused = None
+        if all(_plain(self.prog.mvms[s[1]], self.prog) and id(self._plans[s[1]][0]) in self._dense  # type: ignore[index]
+               for s in cell.steps if s[0] == "mvm"):
+            model, pre = _cell_model(cell, {s[1]: self._dense[id(self._plans[s[1]][0])]
+                                            for s in cell.steps if s[0] == "mvm"}, width)
+            sess = self._sessions.get(key, model, f"the cell of {rec.node} (direction {d})")[0]
+            fused = sess, pre
+        self._fused[key] = fused
+        return fused
 
     def _run_mvm(self, mvm: MVM, x: np.ndarray, step: int = 0) -> np.ndarray:
         if self.mode == "hardware" and any(m in self._copies for m in mvm.matrices):
@@ -509,6 +734,155 @@ def _from_product_rows(mvm: MVM, rows: np.ndarray, like: np.ndarray) -> np.ndarr
         swapped = like.shape[:-2] + (like.shape[-1], like.shape[-2])
         return np.ascontiguousarray(np.swapaxes(rows.reshape(swapped), -1, -2))
     return rows.reshape(like.shape)
+
+
+@dataclass
+class _Part:
+    """Ideal mode: a host stage or an MVM as ONNX nodes, to be joined with its neighbours in one graph."""
+
+    nodes: list[onnx.NodeProto]
+    inits: list[onnx.TensorProto]
+    inputs: list[onnx.ValueInfoProto]  # a host stage's typed inputs and outputs (an MVM's are float32)
+    outputs: list[onnx.ValueInfoProto]
+    opsets: dict[str, int]  # an MVM's: the least default-domain opset its ops need as built
+    functions: list[onnx.FunctionProto]
+    ir_version: int
+    reads: list[str] = field(default_factory=list)  # an MVM's input and output names
+    writes: list[str] = field(default_factory=list)
+
+
+def _step_reads(kind: str, item: Any) -> set[str]:
+    """The names a step of ``run`` reads from its environment."""
+    if kind == "host":
+        return set(item.inputs) | ({i.name for i in item.model.graph.input} if item.model is not None else set())
+    if kind == "mvm":
+        return {item.input}
+    return {t for t in (item.x, item.sequence_lens, item.initial_h, item.initial_c) if t}
+
+
+def _fuse(parts: list[_Part], later: set[str], name: str) -> tuple[onnx.ModelProto, list[str], list[str]] | None:
+    """Parts as one ONNX model: its inputs (read, not made, by the parts) and outputs (made by the parts and
+    in ``later``); None when they cannot share one (opsets that differ, clashing initializers, no output)."""
+    opsets: dict[str, int] = {}
+    for p in parts:
+        if p.inputs or p.outputs:  # a host stage: its opsets must agree with the others'
+            for d, v in p.opsets.items():
+                if opsets.setdefault(d, v) != v:
+                    return None
+    least = max((p.opsets.get("", 0) for p in parts if not (p.inputs or p.outputs)), default=0)
+    opsets.setdefault("", max(least, 17))
+    if opsets[""] < least:
+        return None
+    infos: dict[str, onnx.ValueInfoProto] = {}
+    inits: dict[str, onnx.TensorProto] = {}
+    functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+    nodes: list[onnx.NodeProto] = []
+    made: set[str] = set()
+    ins: list[str] = []
+    node_names: set[str] = set()
+    for p in parts:
+        for vi in [*p.inputs, *p.outputs]:
+            infos.setdefault(vi.name, vi)
+        for t in p.inits:
+            if t.name in inits and inits[t.name].SerializeToString() != t.SerializeToString():
+                return None
+            inits[t.name] = t
+        for f in p.functions:
+            functions.setdefault((f.domain, f.name), f)
+        ins += [r for r in [*(i.name for i in p.inputs), *p.reads] if r not in made and r not in ins]
+        for n in p.nodes:
+            if n.name in node_names or not n.name:
+                n2 = onnx.NodeProto()
+                n2.CopyFrom(n)
+                n2.name = f"{name}/{len(nodes)}"
+                n = n2
+            node_names.add(n.name)
+            nodes.append(n)
+            made.update(o for o in n.output if o)
+        made.update(o.name for o in p.outputs)
+        made.update(p.writes)
+    outs = [o for o in dict.fromkeys(o for n in nodes for o in n.output) if o in later]
+    if not outs:
+        return None
+
+    def info(n: str) -> onnx.ValueInfoProto:
+        return infos.get(n) or helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, name, [info(n) for n in ins], [info(n) for n in outs], list(inits.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+                              functions=list(functions.values()), producer_name="anac")
+    model.ir_version = max([8, *(p.ir_version for p in parts)])
+    return model, ins, outs
+
+
+def _plain(mvm: MVM, prog: Program) -> bool:
+    """A dense MVM that is only x @ W (one matrix, all rows kept, no bias, scale, activation or transpose)."""
+    p = mvm.params
+    return mvm.kind == "dense" and len(mvm.matrices) == 1 and mvm.bias is None and mvm.alpha == 1.0 \
+        and mvm.activation is None and not (p.get("x_transpose") or p.get("y_transpose") or p.get("squeeze")) \
+        and prog.matrices[mvm.matrices[0]].kept_rows is None  # type: ignore[index]
+
+
+def _cell_model(cell: Any, weights: Mapping[str, np.ndarray], width: int) -> tuple[
+        onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+    """Ideal mode: a recurrent cell's step as one ONNX graph from x, h, c (those it reads) and the products
+    made before the loop to h_new, c_new: [x, h] @ [W; R] as (x @ W, given) + h @ R, x @ W given, other
+    products as MatMuls, the host models inlined. Returns it and the given products (graph input, W)."""
+    concats = {s[1]: s[2] for s in cell.steps if s[0] == "concat"}
+    reads = [a for s in cell.steps for a in (s[2] if s[0] != "mvm" else [s[2]])]
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    pre: list[tuple[str, np.ndarray]] = []
+    for s in cell.steps:
+        if s[0] == "mvm":
+            _, node, inp, out = s
+            w = weights[node]
+            if inp == "x":
+                pre.append((out, w))
+            elif concats.get(inp) == ["x", "h"] and reads.count(inp) == 1 and 0 < width < w.shape[0]:
+                pre.append((f"{out}@x", w[:width]))
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(w[width:]), f"{node}/R"))
+                nodes += [helper.make_node("MatMul", ["h", f"{node}/R"], [f"{out}@h"]),
+                          helper.make_node("Add", [f"{out}@x", f"{out}@h"], [out])]
+            else:
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(w), f"{node}/W"))
+                nodes.append(helper.make_node("MatMul", [inp, f"{node}/W"], [out]))
+        elif s[0] == "concat":
+            nodes.append(helper.make_node("Concat", list(s[2]), [s[1]], axis=1))
+        elif s[0] == "add":
+            nodes.append(helper.make_node("Add", list(s[2]), [s[1]]))
+        else:
+            g = cell.models[s[1]].graph
+            outer = {i.name for i in g.input} | {o.name for o in g.output}
+
+            def name(n: str, prefix: str = f"m{s[1]}/", outer: set[str] = outer) -> str:
+                return n if not n or n in outer else prefix + n
+            for t in g.initializer:
+                t2 = onnx.TensorProto()
+                t2.CopyFrom(t)
+                t2.name = name(t.name)
+                inits.append(t2)
+            for n in g.node:
+                n2 = onnx.NodeProto()
+                n2.CopyFrom(n)
+                n2.ClearField("input")
+                n2.ClearField("output")
+                n2.input.extend(name(i) for i in n.input)
+                n2.output.extend(name(o) for o in n.output)
+                nodes.append(n2)
+    needed, kept = {"h_new", "c_new"}, []
+    for n in reversed(nodes):  # drop what h_new and c_new do not need (the concats split above)
+        if needed & set(n.output):
+            kept.append(n)
+            needed |= set(n.input)
+    kept.reverse()
+    given = {i.name for i in inits} | {o for n in kept for o in n.output}
+    inputs = [n for n in dict.fromkeys(i for n in kept for i in n.input) if n and n not in given]
+    graph = helper.make_graph(kept, "cell", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h_new", "c_new")],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, [(n, w) for n, w in pre if n in needed]
 
 
 def _row_blocks(group: list[_SlicePlan], weights: bool = True) -> _RowBlocks:

@@ -87,8 +87,10 @@ def test_compare_figures() -> None:
 
 
 def test_host_sessions_are_made_lazily_and_bounded(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A chain of MatMul/Sigmoid layers has a host stage per layer; the simulator makes each stage's session
-    when it first runs and keeps at most MAX_SESSIONS alive (remaking dropped ones), with the same outputs."""
+    """A chain of MatMul/Sigmoid layers has a host stage per layer; run stage by stage (here: ideal mode with an
+    observer, as calibration runs it), the simulator makes each stage's session when it first runs and keeps at
+    most MAX_SESSIONS alive (remaking dropped ones), with the same outputs. Without an observer the whole chain
+    is one onnxruntime graph: one session."""
     monkeypatch.setattr("anac.backends.host.MAX_SESSIONS", 3)
     nodes, inits, x = [], [], "x"
     for i in range(8):
@@ -98,10 +100,13 @@ def test_host_sessions_are_made_lazily_and_bounded(rng: np.random.Generator, mon
     m = make_model(nodes, [tensor("x", [2, 6])], [tensor(x, [2, 6])], inits)
     prog = compile_model(m)
     assert sum(s.kind == "host" for s in prog.stages) == 8
-    sim = Simulator(prog)
+    sim = Simulator(prog, observer=lambda *_: None)
     assert len(sim._sessions) == 0
     feeds = {"x": rng.standard_normal((2, 6)).astype(np.float32)}
     for _ in range(2):
         y = sim.run(feeds)[x]
         assert len(sim._sessions) == 3
         np.testing.assert_allclose(y, _ort(m, feeds), rtol=1e-5, atol=1e-6)
+    fused = Simulator(prog)
+    np.testing.assert_allclose(fused.run(feeds)[x], _ort(m, feeds), rtol=1e-5, atol=1e-6)
+    assert len(fused._sessions) == 1
