@@ -29,7 +29,7 @@ output columns added digitally.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -549,8 +549,13 @@ class Simulator:
             xd = rec.constants[f"table_d{d}"][x] if rec.absorbed else x
             h = np.zeros((batch, hidden), np.float32) if h0 is None else h0[d].astype(np.float32)
             c = np.zeros((batch, hidden), np.float32) if c0 is None else c0[d].astype(np.float32)
+            xd = np.ascontiguousarray(xd, dtype=np.float32)
+            scanned = self._cell_scan(rec, d, cell, xd, h, c, lens if masked else None, direction == "reverse")
+            if scanned is not None:
+                y[:, d], y_h[d], y_c[d] = scanned
+                continue
             order = range(seq) if direction == "forward" else range(seq - 1, -1, -1)
-            step = self._cell_steps(rec, d, cell, np.ascontiguousarray(xd, dtype=np.float32))
+            step = self._cell_steps(rec, d, cell, xd)
             for t in order:
                 h_new, c_new = step(t, h, c)
                 if masked:
@@ -572,23 +577,9 @@ class Simulator:
         of ``xd`` (seq, batch, in) first where the mode allows."""
         seq, batch = xd.shape[:2]
         flat = xd.reshape(seq * batch, -1)
-        if self.mode == "ideal" and self.observer is None:
-            fused = self._fused_cell(rec, d, cell, xd.shape[-1])
-            if fused is not None:
-                sess, pre = fused
-                products = {name: self._product(("cell", rec.node, d, name), flat, w).reshape(seq, batch, -1)
-                            for name, w in pre}
-                needs = [i.name for i in sess.get_inputs()]
-
-                def fused_step(t: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                    e = {"x": xd[t], "h": h, "c": c}
-                    feeds = {n: products[n][t] if n in products else e[n] for n in needs}
-                    out = run_session(sess, feeds, f"the cell of {rec.node} (direction {d})")
-                    return out[0], out[1]
-                return fused_step
         # Step by step; in hardware mode the input-only products first, over all steps.
         pre: dict[str, np.ndarray] = {}
-        split: dict[str, tuple[MVM, _RowBlocks, int]] = {}
+        split: dict[str, tuple[MVM, _RowBlocks, int, int, int]] = {}
         if self.mode == "hardware":
             for _, node, inp, out in (s for s in cell.steps if s[0] == "mvm"):
                 mvm = self.prog.mvms[node]  # type: ignore[index]
@@ -597,9 +588,15 @@ class Simulator:
                 n = self.prog.matrices[mvm.matrices[0]].shape[1]  # type: ignore[index]
                 if inp == "x":
                     pre[out] = self._run_mvm_once(mvm, flat).reshape(seq, batch, n)
-                elif node in self._x_blocks:
-                    pre[out] = self._matmul_hardware(mvm, flat, self._x_blocks[node], n).reshape(seq, batch, n)
-                    split[node] = (mvm, self._stacks[node][0], n)
+                elif node in self._x_blocks:  # only the columns [lo, hi) the x-only slices hold
+                    xb = self._x_blocks[node]
+                    lo, hi = min(c[0] for c in xb.cols), max(c[1] for c in xb.cols)
+                    narrow = replace(xb, cols=[(c0 - lo, c1 - lo) for c0, c1 in xb.cols])
+                    pre[out] = self._matmul_hardware(mvm, flat, narrow, hi - lo).reshape(seq, batch, hi - lo)
+                    split[node] = (mvm, self._stacks[node][0], n, lo, hi)
+        sessions = {s[1]: self._sessions.get((rec.node, d, s[1]), cell.models[s[1]],
+                                             f"the cell of {rec.node} (direction {d}, part {s[1]})")[0]
+                    for s in cell.steps if s[0] == "host"}
 
         def step(t: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             e: dict[str, np.ndarray] = {"x": xd[t], "h": h, "c": c}
@@ -609,17 +606,17 @@ class Simulator:
                 elif s[0] == "add":
                     e[s[1]] = (e[s[2][0]] + e[s[2][1]]).astype(np.float32)
                 elif s[0] == "mvm":
-                    if s[1] in split:  # the slices that see h, then the x-only slices' converted outputs
-                        mvm, blocks, n = split[s[1]]
-                        e[s[3]] = self._matmul_hardware(mvm, e[s[2]], blocks, n) + pre[s[3]][t]
+                    if s[1] in split:  # the slices that see h, plus the x-only slices' converted outputs
+                        mvm, blocks, n, lo, hi = split[s[1]]
+                        y = self._matmul_hardware(mvm, e[s[2]], blocks, n)  # a fresh array
+                        y[:, lo:hi] += pre[s[3]][t]
+                        e[s[3]] = y
                     elif s[3] in pre:
                         e[s[3]] = pre[s[3]][t]
                     else:
                         e[s[3]] = self._run_mvm(self.prog.mvms[s[1]], e[s[2]], t)  # type: ignore[index]
                 else:
-                    sess = self._sessions.get((rec.node, d, s[1]), cell.models[s[1]],
-                                              f"the cell of {rec.node} (direction {d}, part {s[1]})")[0]
-                    outs = run_session(sess, {n: e[n] for n in s[2]}, f"the cell of {rec.node}")
+                    outs = run_session(sessions[s[1]], {n: e[n] for n in s[2]}, f"the cell of {rec.node}")
                     e.update(zip(s[3], outs, strict=True))
             return e["h_new"], e["c_new"]
         return step
@@ -631,22 +628,38 @@ class Simulator:
         sess = self._sessions.get(key, lambda: _matmul_model(np.ascontiguousarray(w)), "a product of a cell")[0]
         return run_session(sess, {"x": np.ascontiguousarray(x)}, "a product of a cell")[0]  # type: ignore[no-any-return]
 
-    def _fused_cell(self, rec: Any, d: int, cell: Any, width: int) -> tuple[Any, list[tuple[str, np.ndarray]]] | None:
-        """Ideal mode: one direction's step as one onnxruntime session, and the input-only products it takes
-        ((graph input, weights) each, made for all steps before the loop); None when a product of the cell
-        is not a plain x @ W (then the cell runs step by step)."""
-        key = ("cell", rec.node, d, width)
-        if key in self._fused:
-            return self._fused[key]
-        fused = None
-        if all(_plain(self.prog.mvms[s[1]], self.prog) and id(self._plans[s[1]][0]) in self._dense  # type: ignore[index]
-               for s in cell.steps if s[0] == "mvm"):
-            model, pre = _cell_model(cell, {s[1]: self._dense[id(self._plans[s[1]][0])]
-                                            for s in cell.steps if s[0] == "mvm"}, width)
-            sess = self._sessions.get(key, model, f"the cell of {rec.node} (direction {d})")[0]
-            fused = sess, pre
-        self._fused[key] = fused
-        return fused
+    def _cell_scan(self, rec: Any, d: int, cell: Any, xd: np.ndarray, h: np.ndarray, c: np.ndarray,
+                   lens: np.ndarray | None, reverse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Ideal mode without an observer: one direction of a layer as one onnxruntime Scan over the steps
+        (its body: the cell's products of h, the sums and its host models), the products of x alone made
+        for all steps first; (Y, h, c) of the direction, or None when a product of the cell is not a plain
+        x @ W (then it runs step by step). ``lens``: sequence lengths when some are short (masking)."""
+        if self.mode != "ideal" or self.observer is not None:
+            return None
+        seq, batch, width = xd.shape
+        key = ("cell", rec.node, d, width, lens is not None)
+        if key not in self._fused:
+            self._fused[key] = None
+            if all(_plain(self.prog.mvms[s[1]], self.prog) and id(self._plans[s[1]][0]) in self._dense  # type: ignore[index]
+                   for s in cell.steps if s[0] == "mvm"):
+                model, pre = _cell_model(cell, {s[1]: self._dense[id(self._plans[s[1]][0])]
+                                                for s in cell.steps if s[0] == "mvm"}, width)
+                scan, names = _scan_model(model, rec.hidden, {"x": width, **{n: w.shape[1] for n, w in pre}},
+                                          lens is not None)
+                sess = self._sessions.get(key, scan, f"the cell of {rec.node} (direction {d})")[0]
+                self._fused[key] = sess, pre, names
+        if self._fused[key] is None:
+            return None
+        sess, pre, names = self._fused[key]
+        flat = xd.reshape(seq * batch, width)
+        arrays = {n: self._product(("cell", rec.node, d, n), flat, w).reshape(seq, batch, -1) for n, w in pre}
+        arrays["x"] = xd
+        if lens is not None:
+            arrays["active"] = (np.arange(seq)[:, None] < lens[None, :])[:, :, None]
+        feeds = {"h0": h, "c0": c}
+        feeds.update({f"scan:{n}": np.ascontiguousarray(arrays[n][::-1]) if reverse else arrays[n] for n in names})
+        h_t, c_t, ys = run_session(sess, feeds, f"the cell of {rec.node} (direction {d})")
+        return (ys[::-1] if reverse else ys), h_t, c_t
 
     def _run_mvm(self, mvm: MVM, x: np.ndarray, step: int = 0) -> np.ndarray:
         if self.mode == "hardware" and any(m in self._copies for m in mvm.matrices):
@@ -883,6 +896,46 @@ def _cell_model(cell: Any, weights: Mapping[str, np.ndarray], width: int) -> tup
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model, [(n, w) for n, w in pre if n in needed]
+
+
+def _scan_model(step: onnx.ModelProto, hidden: int, widths: Mapping[str, int], masked: bool) -> tuple[
+        onnx.ModelProto, list[str]]:
+    """A cell's step model (_cell_model) as the body of one ONNX Scan: states h, c (initial "h0", "c0"), each
+    step's slice of the inputs it reads among ``widths`` (x and the products made before the loop; fed as
+    "scan:<name>", (seq, batch, width)); with ``masked`` also "scan:active" (seq, batch, 1), where a step
+    leaves the state as it was and outputs 0. Outputs the last h, c and Y (seq, batch, hidden)."""
+    body = onnx.GraphProto()
+    body.CopyFrom(step.graph)
+    names = [i.name for i in step.graph.input if i.name in widths]
+    if masked:
+        names.append("active")
+
+    def vi(n: str, k: int | None = None, elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(n, elem, ["batch", hidden if k is None else k])
+    del body.input[:]
+    body.input.extend([vi("h"), vi("c"), *(vi(n, widths[n]) for n in names if n != "active")])
+    if masked:
+        body.input.append(vi("active", 1, TensorProto.BOOL))
+        body.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "anac::zero"))
+        body.node.extend([helper.make_node("Where", ["active", "h_new", "h"], ["anac::h"]),
+                          helper.make_node("Where", ["active", "c_new", "c"], ["anac::c"]),
+                          helper.make_node("Where", ["active", "h_new", "anac::zero"], ["anac::y"])])
+    else:
+        body.node.extend([helper.make_node("Identity", ["h_new"], ["anac::h"]),
+                          helper.make_node("Identity", ["c_new"], ["anac::c"]),
+                          helper.make_node("Identity", ["h_new"], ["anac::y"])])
+    del body.output[:]
+    body.output.extend([vi("anac::h"), vi("anac::c"), vi("anac::y")])
+    scan = helper.make_node("Scan", ["h0", "c0", *(f"scan:{n}" for n in names)], ["h_t", "c_t", "y"],
+                            num_scan_inputs=len(names), body=body)
+    graph = helper.make_graph([scan], "cell",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h0", "c0")]
+                              + [helper.make_tensor_value_info(f"scan:{n}", TensorProto.BOOL if n == "active"
+                                                               else TensorProto.FLOAT, None) for n in names],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h_t", "c_t", "y")])
+    model = helper.make_model(graph, opset_imports=list(step.opset_import))
+    model.ir_version = 8
+    return model, names
 
 
 def _row_blocks(group: list[_SlicePlan], weights: bool = True) -> _RowBlocks:
