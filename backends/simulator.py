@@ -281,7 +281,8 @@ class Simulator:
                     if not xs:
                         continue
                     hs = [p for p in group if p.rows[1] > width]
-                    self._x_blocks[s[1]], self._stacks[s[1]] = _row_blocks(xs), [_row_blocks(hs)]
+                    whole = self._stacks[s[1]][0]
+                    self._x_blocks[s[1]], self._stacks[s[1]] = _sub_blocks(whole, xs), [_sub_blocks(whole, hs)]
                     for blocks, part in ((self._x_blocks[s[1]], xs), (self._stacks[s[1]][0], hs)):
                         for p in part:
                             i = blocks.starts.index(p.rows[0])
@@ -825,6 +826,23 @@ def _fuse(parts: list[_Part], later: set[str], name: str) -> tuple[onnx.ModelPro
                               functions=list(functions.values()), producer_name="anac")
     model.ir_version = max([8, *(p.ir_version for p in parts)])
     return model, ins, outs
+
+
+def _sub_blocks(blocks: _RowBlocks, part: list[_SlicePlan]) -> _RowBlocks:
+    """Some of a matrix's slices as row blocks of their own (zero weights), each column's output range
+    taken from ``blocks``, the matrix's row blocks."""
+    starts = sorted({p.rows[0] for p in part})
+    stops = [max(p.rows[1] for p in part if p.rows[0] == start) for start in starts]
+    cols = [(min(p.cols[0] for p in part if p.rows[0] == start),
+             max(p.cols[1] for p in part if p.rows[0] == start)) for start in starts]
+    scales = [np.ones(c1 - c0, np.float32) for c0, c1 in cols]
+    for p in part:
+        i, j = starts.index(p.rows[0]), blocks.starts.index(p.rows[0])
+        scales[i][p.cols[0] - cols[i][0]:p.cols[1] - cols[i][0]] = \
+            blocks.full_scale[j][p.cols[0] - blocks.cols[j][0]:p.cols[1] - blocks.cols[j][0]]
+    weights = [np.zeros((stop - start, c1 - c0), np.float32)
+               for start, stop, (c0, c1) in zip(starts, stops, cols, strict=True)]
+    return _RowBlocks(starts, stops, cols, weights, scales)
 
 
 def _plain(mvm: MVM, prog: Program) -> bool:
