@@ -750,212 +750,6 @@ def _from_product_rows(mvm: MVM, rows: np.ndarray, like: np.ndarray) -> np.ndarr
     return rows.reshape(like.shape)
 
 
-@dataclass
-class _Part:
-    """Ideal mode: a host stage or an MVM as ONNX nodes, to be joined with its neighbours in one graph."""
-
-    nodes: list[onnx.NodeProto]
-    inits: list[onnx.TensorProto]
-    inputs: list[onnx.ValueInfoProto]  # a host stage's typed inputs and outputs (an MVM's are float32)
-    outputs: list[onnx.ValueInfoProto]
-    opsets: dict[str, int]  # an MVM's: the least default-domain opset its ops need as built
-    functions: list[onnx.FunctionProto]
-    ir_version: int
-    reads: list[str] = field(default_factory=list)  # an MVM's input and output names
-    writes: list[str] = field(default_factory=list)
-
-
-def _step_reads(kind: str, item: Any) -> set[str]:
-    """The names a step of ``run`` reads from its environment."""
-    if kind == "host":
-        return set(item.inputs) | ({i.name for i in item.model.graph.input} if item.model is not None else set())
-    if kind == "mvm":
-        return {item.input}
-    return {t for t in (item.x, item.sequence_lens, item.initial_h, item.initial_c) if t}
-
-
-def _fuse(parts: list[_Part], later: set[str], name: str) -> tuple[onnx.ModelProto, list[str], list[str]] | None:
-    """Parts as one ONNX model: its inputs (read, not made, by the parts) and outputs (made by the parts and
-    in ``later``); None when they cannot share one (opsets that differ, clashing initializers, no output)."""
-    opsets: dict[str, int] = {}
-    for p in parts:
-        if p.inputs or p.outputs:  # a host stage: its opsets must agree with the others'
-            for d, v in p.opsets.items():
-                if opsets.setdefault(d, v) != v:
-                    return None
-    least = max((p.opsets.get("", 0) for p in parts if not (p.inputs or p.outputs)), default=0)
-    opsets.setdefault("", max(least, 17))
-    if opsets[""] < least:
-        return None
-    infos: dict[str, onnx.ValueInfoProto] = {}
-    inits: dict[str, onnx.TensorProto] = {}
-    functions: dict[tuple[str, str], onnx.FunctionProto] = {}
-    nodes: list[onnx.NodeProto] = []
-    made: set[str] = set()
-    ins: list[str] = []
-    node_names: set[str] = set()
-    for p in parts:
-        for vi in [*p.inputs, *p.outputs]:
-            infos.setdefault(vi.name, vi)
-        for t in p.inits:
-            if t.name in inits and inits[t.name].SerializeToString() != t.SerializeToString():
-                return None
-            inits[t.name] = t
-        for f in p.functions:
-            functions.setdefault((f.domain, f.name), f)
-        ins += [r for r in [*(i.name for i in p.inputs), *p.reads] if r not in made and r not in ins]
-        for n in p.nodes:
-            if n.name in node_names or not n.name:
-                n2 = onnx.NodeProto()
-                n2.CopyFrom(n)
-                n2.name = f"{name}/{len(nodes)}"
-                n = n2
-            node_names.add(n.name)
-            nodes.append(n)
-            made.update(o for o in n.output if o)
-        made.update(o.name for o in p.outputs)
-        made.update(p.writes)
-    outs = [o for o in dict.fromkeys(o for n in nodes for o in n.output) if o in later]
-    if not outs:
-        return None
-
-    def info(n: str) -> onnx.ValueInfoProto:
-        return infos.get(n) or helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-    graph = helper.make_graph(nodes, name, [info(n) for n in ins], [info(n) for n in outs], list(inits.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
-                              functions=list(functions.values()), producer_name="anac")
-    model.ir_version = max([8, *(p.ir_version for p in parts)])
-    return model, ins, outs
-
-
-def _sub_blocks(blocks: _RowBlocks, part: list[_SlicePlan]) -> _RowBlocks:
-    """Some of a matrix's slices as row blocks of their own (zero weights), each column's output range
-    taken from ``blocks``, the matrix's row blocks."""
-    starts = sorted({p.rows[0] for p in part})
-    stops = [max(p.rows[1] for p in part if p.rows[0] == start) for start in starts]
-    cols = [(min(p.cols[0] for p in part if p.rows[0] == start),
-             max(p.cols[1] for p in part if p.rows[0] == start)) for start in starts]
-    scales = [np.ones(c1 - c0, np.float32) for c0, c1 in cols]
-    for p in part:
-        i, j = starts.index(p.rows[0]), blocks.starts.index(p.rows[0])
-        scales[i][p.cols[0] - cols[i][0]:p.cols[1] - cols[i][0]] = \
-            blocks.full_scale[j][p.cols[0] - blocks.cols[j][0]:p.cols[1] - blocks.cols[j][0]]
-    weights = [np.zeros((stop - start, c1 - c0), np.float32)
-               for start, stop, (c0, c1) in zip(starts, stops, cols, strict=True)]
-    return _RowBlocks(starts, stops, cols, weights, scales)
-
-
-def _plain(mvm: MVM, prog: Program) -> bool:
-    """A dense MVM that is only x @ W (one matrix, all rows kept, no bias, scale, activation or transpose)."""
-    p = mvm.params
-    return mvm.kind == "dense" and len(mvm.matrices) == 1 and mvm.bias is None and mvm.alpha == 1.0 \
-        and mvm.activation is None and not (p.get("x_transpose") or p.get("y_transpose") or p.get("squeeze")) \
-        and prog.matrices[mvm.matrices[0]].kept_rows is None  # type: ignore[index]
-
-
-def _cell_model(cell: Any, weights: Mapping[str, np.ndarray], width: int) -> tuple[
-        onnx.ModelProto, list[tuple[str, np.ndarray]]]:
-    """Ideal mode: a recurrent cell's step as one ONNX graph from x, h, c (those it reads) and the products
-    made before the loop to h_new, c_new: [x, h] @ [W; R] as (x @ W, given) + h @ R, x @ W given, other
-    products as MatMuls, the host models inlined. Returns it and the given products (graph input, W)."""
-    concats = {s[1]: s[2] for s in cell.steps if s[0] == "concat"}
-    reads = [a for s in cell.steps for a in (s[2] if s[0] != "mvm" else [s[2]])]
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
-    pre: list[tuple[str, np.ndarray]] = []
-    for s in cell.steps:
-        if s[0] == "mvm":
-            _, node, inp, out = s
-            w = weights[node]
-            if inp == "x":
-                pre.append((out, w))
-            elif concats.get(inp) == ["x", "h"] and reads.count(inp) == 1 and 0 < width < w.shape[0]:
-                pre.append((f"{out}@x", w[:width]))
-                inits.append(numpy_helper.from_array(np.ascontiguousarray(w[width:]), f"{node}/R"))
-                nodes += [helper.make_node("MatMul", ["h", f"{node}/R"], [f"{out}@h"]),
-                          helper.make_node("Add", [f"{out}@x", f"{out}@h"], [out])]
-            else:
-                inits.append(numpy_helper.from_array(np.ascontiguousarray(w), f"{node}/W"))
-                nodes.append(helper.make_node("MatMul", [inp, f"{node}/W"], [out]))
-        elif s[0] == "concat":
-            nodes.append(helper.make_node("Concat", list(s[2]), [s[1]], axis=1))
-        elif s[0] == "add":
-            nodes.append(helper.make_node("Add", list(s[2]), [s[1]]))
-        else:
-            g = cell.models[s[1]].graph
-            outer = {i.name for i in g.input} | {o.name for o in g.output}
-
-            def name(n: str, prefix: str = f"m{s[1]}/", outer: set[str] = outer) -> str:
-                return n if not n or n in outer else prefix + n
-            for t in g.initializer:
-                t2 = onnx.TensorProto()
-                t2.CopyFrom(t)
-                t2.name = name(t.name)
-                inits.append(t2)
-            for n in g.node:
-                n2 = onnx.NodeProto()
-                n2.CopyFrom(n)
-                n2.ClearField("input")
-                n2.ClearField("output")
-                n2.input.extend(name(i) for i in n.input)
-                n2.output.extend(name(o) for o in n.output)
-                nodes.append(n2)
-    needed, kept = {"h_new", "c_new"}, []
-    for n in reversed(nodes):  # drop what h_new and c_new do not need (the concats split above)
-        if needed & set(n.output):
-            kept.append(n)
-            needed |= set(n.input)
-    kept.reverse()
-    given = {i.name for i in inits} | {o for n in kept for o in n.output}
-    inputs = [n for n in dict.fromkeys(i for n in kept for i in n.input) if n and n not in given]
-    graph = helper.make_graph(kept, "cell", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h_new", "c_new")],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model, [(n, w) for n, w in pre if n in needed]
-
-
-def _scan_model(step: onnx.ModelProto, hidden: int, widths: Mapping[str, int], masked: bool) -> tuple[
-        onnx.ModelProto, list[str]]:
-    """A cell's step model (_cell_model) as the body of one ONNX Scan: states h, c (initial "h0", "c0"), each
-    step's slice of the inputs it reads among ``widths`` (x and the products made before the loop; fed as
-    "scan:<name>", (seq, batch, width)); with ``masked`` also "scan:active" (seq, batch, 1), where a step
-    leaves the state as it was and outputs 0. Outputs the last h, c and Y (seq, batch, hidden)."""
-    body = onnx.GraphProto()
-    body.CopyFrom(step.graph)
-    names = [i.name for i in step.graph.input if i.name in widths]
-    if masked:
-        names.append("active")
-
-    def vi(n: str, k: int | None = None, elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(n, elem, ["batch", hidden if k is None else k])
-    del body.input[:]
-    body.input.extend([vi("h"), vi("c"), *(vi(n, widths[n]) for n in names if n != "active")])
-    if masked:
-        body.input.append(vi("active", 1, TensorProto.BOOL))
-        body.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "anac::zero"))
-        body.node.extend([helper.make_node("Where", ["active", "h_new", "h"], ["anac::h"]),
-                          helper.make_node("Where", ["active", "c_new", "c"], ["anac::c"]),
-                          helper.make_node("Where", ["active", "h_new", "anac::zero"], ["anac::y"])])
-    else:
-        body.node.extend([helper.make_node("Identity", ["h_new"], ["anac::h"]),
-                          helper.make_node("Identity", ["c_new"], ["anac::c"]),
-                          helper.make_node("Identity", ["h_new"], ["anac::y"])])
-    del body.output[:]
-    body.output.extend([vi("anac::h"), vi("anac::c"), vi("anac::y")])
-    scan = helper.make_node("Scan", ["h0", "c0", *(f"scan:{n}" for n in names)], ["h_t", "c_t", "y"],
-                            num_scan_inputs=len(names), body=body)
-    graph = helper.make_graph([scan], "cell",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h0", "c0")]
-                              + [helper.make_tensor_value_info(f"scan:{n}", TensorProto.BOOL if n == "active"
-                                                               else TensorProto.FLOAT, None) for n in names],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h_t", "c_t", "y")])
-    model = helper.make_model(graph, opset_imports=list(step.opset_import))
-    model.ir_version = 8
-    return model, names
-
-
 def _row_blocks(group: list[_SlicePlan], weights: bool = True) -> _RowBlocks:
     """A matrix's row blocks with zero weights (``Simulator.at`` fills them; none unless ``weights``) and
     each column's output range."""
@@ -1204,6 +998,212 @@ def _conv_pads(auto_pad: str, pads: list[int], spatial: tuple[int, ...], strides
     if auto_pad == "VALID":
         return [0] * nsp, [0] * nsp
     return list(pads[:nsp]), list(pads[nsp:])
+
+
+@dataclass
+class _Part:
+    """Ideal mode: a host stage or an MVM as ONNX nodes, to be joined with its neighbours in one graph."""
+
+    nodes: list[onnx.NodeProto]
+    inits: list[onnx.TensorProto]
+    inputs: list[onnx.ValueInfoProto]  # a host stage's typed inputs and outputs (an MVM's are float32)
+    outputs: list[onnx.ValueInfoProto]
+    opsets: dict[str, int]  # an MVM's: the least default-domain opset its ops need as built
+    functions: list[onnx.FunctionProto]
+    ir_version: int
+    reads: list[str] = field(default_factory=list)  # an MVM's input and output names
+    writes: list[str] = field(default_factory=list)
+
+
+def _step_reads(kind: str, item: Any) -> set[str]:
+    """The names a step of ``run`` reads from its environment."""
+    if kind == "host":
+        return set(item.inputs) | ({i.name for i in item.model.graph.input} if item.model is not None else set())
+    if kind == "mvm":
+        return {item.input}
+    return {t for t in (item.x, item.sequence_lens, item.initial_h, item.initial_c) if t}
+
+
+def _fuse(parts: list[_Part], later: set[str], name: str) -> tuple[onnx.ModelProto, list[str], list[str]] | None:
+    """Parts as one ONNX model: its inputs (read, not made, by the parts) and outputs (made by the parts and
+    in ``later``); None when they cannot share one (opsets that differ, clashing initializers, no output)."""
+    opsets: dict[str, int] = {}
+    for p in parts:
+        if p.inputs or p.outputs:  # a host stage: its opsets must agree with the others'
+            for d, v in p.opsets.items():
+                if opsets.setdefault(d, v) != v:
+                    return None
+    least = max((p.opsets.get("", 0) for p in parts if not (p.inputs or p.outputs)), default=0)
+    opsets.setdefault("", max(least, 17))
+    if opsets[""] < least:
+        return None
+    infos: dict[str, onnx.ValueInfoProto] = {}
+    inits: dict[str, onnx.TensorProto] = {}
+    functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+    nodes: list[onnx.NodeProto] = []
+    made: set[str] = set()
+    ins: list[str] = []
+    node_names: set[str] = set()
+    for p in parts:
+        for vi in [*p.inputs, *p.outputs]:
+            infos.setdefault(vi.name, vi)
+        for t in p.inits:
+            if t.name in inits and inits[t.name].SerializeToString() != t.SerializeToString():
+                return None
+            inits[t.name] = t
+        for f in p.functions:
+            functions.setdefault((f.domain, f.name), f)
+        ins += [r for r in [*(i.name for i in p.inputs), *p.reads] if r not in made and r not in ins]
+        for n in p.nodes:
+            if n.name in node_names or not n.name:
+                n2 = onnx.NodeProto()
+                n2.CopyFrom(n)
+                n2.name = f"{name}/{len(nodes)}"
+                n = n2
+            node_names.add(n.name)
+            nodes.append(n)
+            made.update(o for o in n.output if o)
+        made.update(o.name for o in p.outputs)
+        made.update(p.writes)
+    outs = [o for o in dict.fromkeys(o for n in nodes for o in n.output) if o in later]
+    if not outs:
+        return None
+
+    def info(n: str) -> onnx.ValueInfoProto:
+        return infos.get(n) or helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, name, [info(n) for n in ins], [info(n) for n in outs], list(inits.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+                              functions=list(functions.values()), producer_name="anac")
+    model.ir_version = max([8, *(p.ir_version for p in parts)])
+    return model, ins, outs
+
+
+def _sub_blocks(blocks: _RowBlocks, part: list[_SlicePlan]) -> _RowBlocks:
+    """Some of a matrix's slices as row blocks of their own (zero weights), each column's output range
+    taken from ``blocks``, the matrix's row blocks."""
+    starts = sorted({p.rows[0] for p in part})
+    stops = [max(p.rows[1] for p in part if p.rows[0] == start) for start in starts]
+    cols = [(min(p.cols[0] for p in part if p.rows[0] == start),
+             max(p.cols[1] for p in part if p.rows[0] == start)) for start in starts]
+    scales = [np.ones(c1 - c0, np.float32) for c0, c1 in cols]
+    for p in part:
+        i, j = starts.index(p.rows[0]), blocks.starts.index(p.rows[0])
+        scales[i][p.cols[0] - cols[i][0]:p.cols[1] - cols[i][0]] = \
+            blocks.full_scale[j][p.cols[0] - blocks.cols[j][0]:p.cols[1] - blocks.cols[j][0]]
+    weights = [np.zeros((stop - start, c1 - c0), np.float32)
+               for start, stop, (c0, c1) in zip(starts, stops, cols, strict=True)]
+    return _RowBlocks(starts, stops, cols, weights, scales)
+
+
+def _plain(mvm: MVM, prog: Program) -> bool:
+    """A dense MVM that is only x @ W (one matrix, all rows kept, no bias, scale, activation or transpose)."""
+    p = mvm.params
+    return mvm.kind == "dense" and len(mvm.matrices) == 1 and mvm.bias is None and mvm.alpha == 1.0 \
+        and mvm.activation is None and not (p.get("x_transpose") or p.get("y_transpose") or p.get("squeeze")) \
+        and prog.matrices[mvm.matrices[0]].kept_rows is None  # type: ignore[index]
+
+
+def _cell_model(cell: Any, weights: Mapping[str, np.ndarray], width: int) -> tuple[
+        onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+    """Ideal mode: a recurrent cell's step as one ONNX graph from x, h, c (those it reads) and the products
+    made before the loop to h_new, c_new: [x, h] @ [W; R] as (x @ W, given) + h @ R, x @ W given, other
+    products as MatMuls, the host models inlined. Returns it and the given products (graph input, W)."""
+    concats = {s[1]: s[2] for s in cell.steps if s[0] == "concat"}
+    reads = [a for s in cell.steps for a in (s[2] if s[0] != "mvm" else [s[2]])]
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    pre: list[tuple[str, np.ndarray]] = []
+    for s in cell.steps:
+        if s[0] == "mvm":
+            _, node, inp, out = s
+            w = weights[node]
+            if inp == "x":
+                pre.append((out, w))
+            elif concats.get(inp) == ["x", "h"] and reads.count(inp) == 1 and 0 < width < w.shape[0]:
+                pre.append((f"{out}@x", w[:width]))
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(w[width:]), f"{node}/R"))
+                nodes += [helper.make_node("MatMul", ["h", f"{node}/R"], [f"{out}@h"]),
+                          helper.make_node("Add", [f"{out}@x", f"{out}@h"], [out])]
+            else:
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(w), f"{node}/W"))
+                nodes.append(helper.make_node("MatMul", [inp, f"{node}/W"], [out]))
+        elif s[0] == "concat":
+            nodes.append(helper.make_node("Concat", list(s[2]), [s[1]], axis=1))
+        elif s[0] == "add":
+            nodes.append(helper.make_node("Add", list(s[2]), [s[1]]))
+        else:
+            g = cell.models[s[1]].graph
+            outer = {i.name for i in g.input} | {o.name for o in g.output}
+
+            def name(n: str, prefix: str = f"m{s[1]}/", outer: set[str] = outer) -> str:
+                return n if not n or n in outer else prefix + n
+            for t in g.initializer:
+                t2 = onnx.TensorProto()
+                t2.CopyFrom(t)
+                t2.name = name(t.name)
+                inits.append(t2)
+            for n in g.node:
+                n2 = onnx.NodeProto()
+                n2.CopyFrom(n)
+                n2.ClearField("input")
+                n2.ClearField("output")
+                n2.input.extend(name(i) for i in n.input)
+                n2.output.extend(name(o) for o in n.output)
+                nodes.append(n2)
+    needed, kept = {"h_new", "c_new"}, []
+    for n in reversed(nodes):  # drop what h_new and c_new do not need (the concats split above)
+        if needed & set(n.output):
+            kept.append(n)
+            needed |= set(n.input)
+    kept.reverse()
+    given = {i.name for i in inits} | {o for n in kept for o in n.output}
+    inputs = [n for n in dict.fromkeys(i for n in kept for i in n.input) if n and n not in given]
+    graph = helper.make_graph(kept, "cell", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h_new", "c_new")],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, [(n, w) for n, w in pre if n in needed]
+
+
+def _scan_model(step: onnx.ModelProto, hidden: int, widths: Mapping[str, int], masked: bool) -> tuple[
+        onnx.ModelProto, list[str]]:
+    """A cell's step model (_cell_model) as the body of one ONNX Scan: states h, c (initial "h0", "c0"), each
+    step's slice of the inputs it reads among ``widths`` (x and the products made before the loop; fed as
+    "scan:<name>", (seq, batch, width)); with ``masked`` also "scan:active" (seq, batch, 1), where a step
+    leaves the state as it was and outputs 0. Outputs the last h, c and Y (seq, batch, hidden)."""
+    body = onnx.GraphProto()
+    body.CopyFrom(step.graph)
+    names = [i.name for i in step.graph.input if i.name in widths]
+    if masked:
+        names.append("active")
+
+    def vi(n: str, k: int | None = None, elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(n, elem, ["batch", hidden if k is None else k])
+    del body.input[:]
+    body.input.extend([vi("h"), vi("c"), *(vi(n, widths[n]) for n in names if n != "active")])
+    if masked:
+        body.input.append(vi("active", 1, TensorProto.BOOL))
+        body.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "anac::zero"))
+        body.node.extend([helper.make_node("Where", ["active", "h_new", "h"], ["anac::h"]),
+                          helper.make_node("Where", ["active", "c_new", "c"], ["anac::c"]),
+                          helper.make_node("Where", ["active", "h_new", "anac::zero"], ["anac::y"])])
+    else:
+        body.node.extend([helper.make_node("Identity", ["h_new"], ["anac::h"]),
+                          helper.make_node("Identity", ["c_new"], ["anac::c"]),
+                          helper.make_node("Identity", ["h_new"], ["anac::y"])])
+    del body.output[:]
+    body.output.extend([vi("anac::h"), vi("anac::c"), vi("anac::y")])
+    scan = helper.make_node("Scan", ["h0", "c0", *(f"scan:{n}" for n in names)], ["h_t", "c_t", "y"],
+                            num_scan_inputs=len(names), body=body)
+    graph = helper.make_graph([scan], "cell",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h0", "c0")]
+                              + [helper.make_tensor_value_info(f"scan:{n}", TensorProto.BOOL if n == "active"
+                                                               else TensorProto.FLOAT, None) for n in names],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h_t", "c_t", "y")])
+    model = helper.make_model(graph, opset_imports=list(step.opset_import))
+    model.ir_version = 8
+    return model, names
 
 
 def check_inputs(expected: Sequence[TensorInfo], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
