@@ -28,6 +28,7 @@ output columns added digitally.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -333,14 +334,16 @@ class Simulator:
             return steps
         parts = [self._graph_part(kind, item) for kind, item in steps]
         reads = [_step_reads(kind, item) for kind, item in steps]
+        readers = Counter(n for r in reads for n in r)
         wanted = {t.name for t in self.prog.outputs}
         out: list[tuple[str, Any]] = []
         i = 0
         while i < len(steps):
-            j = i
-            while j < len(steps) and parts[j] is not None:
+            j, size = i, 0
+            while j < len(steps) and parts[j] is not None and (j == i or size + parts[j].nbytes <= _FUSED_BYTES):
+                size += parts[j].nbytes  # type: ignore[union-attr]
                 j += 1
-            later = wanted.union(*(reads[k] for k in range(len(steps)) if not i <= k < j))
+            later = wanted | set(readers - Counter(n for r in reads[i:j] for n in r))  # read outside [i, j)
             fused = _fuse([p for p in parts[i:j] if p is not None], later, f"segment{len(out)}") if j > i else None
             if fused is None:
                 out.append(steps[i])
@@ -863,6 +866,9 @@ def transpose_pads(p: dict[str, Any], spatial: tuple[int, ...], eff: list[int]) 
     return begin, [e - op for e, op in zip(end, out_pad, strict=True)]
 
 
+# Ideal mode joins host stages and MVMs into graphs of at most this many bytes of weights (ONNX models stop
+# at 2 GiB, and each graph's weights are copied while its session is made).
+_FUSED_BYTES = 256 * 2**20
 _ORT_MATMUL = 16384  # weights from which a session's packed MatMul beats numpy's (below, call overhead rules)
 
 
@@ -1013,6 +1019,10 @@ class _Part:
     ir_version: int
     reads: list[str] = field(default_factory=list)  # an MVM's input and output names
     writes: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.ByteSize() for t in self.inits)
 
 
 def _step_reads(kind: str, item: Any) -> set[str]:

@@ -111,3 +111,15 @@ def test_hardware_lstm_x_only_slices_over_all_steps_change_nothing(rng: np.rando
             assert got[name].tobytes() == want[name].tobytes()
         else:  # (x+ - x-) + (h+ - h-) against (x+ + h+) - (x- + h-): the digital sum's float32 rounding
             np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_graphs_are_cut_at_a_weight_budget(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a budget below one layer's weights each MVM starts a graph of its own (and the host stages after
+    it join it); the outputs are the same (to float32 rounding: onnxruntime may fuse ops across the joins)."""
+    model, feeds = _mixed(rng)
+    prog = compile_model(model)
+    whole = Simulator(prog).run(feeds)["y"]
+    monkeypatch.setattr("anac.backends.simulator._FUSED_BYTES", 1)
+    cut = Simulator(prog)
+    np.testing.assert_allclose(cut.run(feeds)["y"], whole, rtol=1e-6, atol=1e-7)
+    assert len(cut._sessions) == len([s for s in cut._steps if s[0] == "fused"]) > 1
