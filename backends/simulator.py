@@ -8,8 +8,12 @@ output columns added digitally.
 - ``ideal``: the float weights, no quantization, no noise; matches
   onnxruntime on the original model to float32 rounding. Each matrix is
   assembled once from its slices; a dense MVM is one float32 MatMul on it
-  and a conv one Conv (with its bias and ReLU), both run by onnxruntime's
-  kernels. With an observer (calibration) slices are summed one by one in
+  and a conv one Conv (with its bias and activation), and each run of
+  consecutive host stages and MVMs is one onnxruntime graph (one session
+  call, not one per stage). A recurrent direction is one onnxruntime Scan:
+  the products of the inputs alone made for all steps first, the body the
+  products of h, the sums and the cell's host models. With an observer
+  (calibration) stages run one by one and slices are summed one by one in
   float64, so each slice's output can be seen.
 - ``hardware``: ``program(seed)`` programs the slices' target conductances
   into simulated devices (backends/analog.py), ``at(t)`` reads them t seconds
@@ -23,7 +27,9 @@ output columns added digitally.
   side); a conv one onnxruntime Conv per row block, of the quantized input
   with the block's read weights as its kernel (the products its im2col rows
   would give; other MVMs use im2col). Read weights are held once, in buffers
-  that ``at(t)`` refills.
+  that ``at(t)`` refills. A recurrent cell's slices that hold only input rows
+  run over all time steps in one product (each product still converted on
+  its own); the slices that see h run per step.
 """
 
 from __future__ import annotations

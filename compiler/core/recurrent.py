@@ -10,8 +10,9 @@ small ONNX model run on the host once per time step:
   with two host phases around the last product.
 A cell is a list of steps over a per-step environment holding "x", "h", "c":
 ("concat", out, [a, b]), ("mvm", mvm node, in, out), ("host", model index,
-[inputs], [outputs]). The simulator (backends/simulator.py) runs it per
-time step with sequence_lens masking, both directions, both layouts.
+[inputs], [outputs]). The simulator (backends/simulator.py) runs it over the
+time steps with sequence_lens masking, both directions, both layouts (the
+products of x alone for all steps at once).
 """
 
 from __future__ import annotations
