@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from anac.api import compile_model
+from anac.backends import simulator
 from anac.backends.simulator import Simulator
 from anac.core.hardware import load_hardware
 from helpers import const, make_model, node, tensor, weights
@@ -123,3 +124,21 @@ def test_fused_graphs_are_cut_at_a_weight_budget(rng: np.random.Generator, monke
     cut = Simulator(prog)
     np.testing.assert_allclose(cut.run(feeds)["y"], whole, rtol=1e-6, atol=1e-7)
     assert len(cut._sessions) == len([s for s in cut._steps if s[0] == "fused"]) > 1
+
+
+def test_a_joined_graph_onnxruntime_refuses_runs_part_by_part(rng: np.random.Generator,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    model, feeds = _mixed(rng)
+    prog = compile_model(model)
+    want = Simulator(prog).run(feeds)["y"]
+    real = simulator._fuse
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        joined = real(*args, **kwargs)
+        if joined is not None:
+            joined[0].graph.node[0].op_type = "NoSuchOp"
+        return joined
+    monkeypatch.setattr(simulator, "_fuse", broken)
+    sim = Simulator(prog)
+    np.testing.assert_allclose(sim.run(feeds)["y"], want, rtol=1e-5, atol=1e-6)
+    assert sim._steps and not any(kind == "fused" for kind, _ in sim._steps)
