@@ -149,7 +149,7 @@ class Simulator:
         self._epilogue: dict[int, tuple[np.ndarray | None, bool]] = {}  # ideal dense MatMul models: bias, ReLU
         self._whole: set[str] = set()  # ideal MVMs whose model holds all of them
         self._steps: list[tuple[str, Any]] | None = None  # what run() does, planned at its first call
-        self._fused: dict[Any, Any] = {}  # ideal mode: recurrent cells' step sessions (_fused_cell)
+        self._fused: dict[Any, Any] = {}  # ideal mode: recurrent directions' Scan sessions (_cell_scan)
         self._x_blocks: dict[str, _RowBlocks] = {}  # hardware mode: cell matrices' x-only slices (_layout_recurrent)
         if mode == "ideal" and not per_slice:
             for mvm in (prog.mvms or {}).values():
@@ -532,8 +532,8 @@ class Simulator:
 
         The products of the input alone are made for all steps at once before the loop (each product is
         its own input vector, so batching them changes nothing): in ideal mode a cell's matrix driven by
-        [x_t, h] splits into its x rows (one MatMul over all steps) and its h rows, and each step is one
-        onnxruntime session (h's products, the sums and the cell's host models in one graph); in hardware
+        [x_t, h] splits into its x rows (one MatMul over all steps) and its h rows, and each direction is
+        one onnxruntime Scan (h's products, the sums and the cell's host models as its body); in hardware
         mode the slices that hold only x rows run over all steps at once (each product still converted on
         its own), the others per step. With an observer the cell runs step by step as written.
         """
