@@ -11,7 +11,7 @@ onnxruntime sessions get intra_op_num_threads=1). Then the cost of a
 Monte-Carlo verify (10 chip instances x 4 times) against one run, and the
 peak memory of the hardware-mode simulator on the largest model.
 
-    python benchmarks/bench_sim.py [--runs 7] [--only NAME]
+    python benchmarks/bench_sim.py [--runs 7] [--only NAME] [--account NAME]
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from anac.api import compile_model
+from anac.backends import host, simulator
 from anac.backends.simulator import Simulator
 from anac.backends.verify import parse_times, verify_hardware
-from anac.core.program import Program
+from anac.core.program import MVM, Program
 from onnx import TensorProto, helper, numpy_helper
 
 Inputs = dict[str, np.ndarray]
@@ -285,11 +286,72 @@ def memory(name: str) -> str:
             f"({peak / 2**20 / file_mb:.1f}x the file) over 2 chip instances x 2 times")
 
 
+def account(name: str, runs: int) -> str:
+    """Where the hardware-mode time of one model goes: each ``_matmul_hardware`` call (keyed by MVM and rows
+    of input) and each onnxruntime session call (keyed by what it runs) timed in CPU time, medians over
+    ``runs`` runs after a warm-up (onnxruntime on the model run after each), and the rest (Python and numpy
+    glue) against the median run."""
+    model, x = MODELS[name]()
+    prog = _compile(model, x)
+    sim = Simulator(prog, "hardware")
+    sim.program(0)
+    sim.at(86400.0)
+    spent: dict[str, float] = {}
+    matmul, session = Simulator._matmul_hardware, simulator.run_session
+
+    def timed_matmul(self: Simulator, mvm: MVM, rows: np.ndarray, *args: object, **kw: object) -> np.ndarray:
+        t = time.process_time()
+        out = matmul(self, mvm, rows, *args, **kw)  # type: ignore[arg-type]
+        key = f"_matmul_hardware {mvm.node}, {rows.shape[0]} rows"
+        spent[key] = spent.get(key, 0.0) + time.process_time() - t
+        return out
+
+    def timed_session(sess: ort.InferenceSession, feeds: Inputs, what: object, *args: object) -> list[np.ndarray]:
+        t = time.process_time()
+        out = session(sess, feeds, what, *args)  # type: ignore[arg-type]
+        key = f"session: {what if isinstance(what, str) else what()}"  # type: ignore[operator]
+        spent[key] = spent.get(key, 0.0) + time.process_time() - t
+        return out
+
+    Simulator._matmul_hardware = timed_matmul  # type: ignore[method-assign]
+    simulator.run_session, host.run_session = timed_session, timed_session  # type: ignore[assignment]
+    sess = _ort(model)
+    per_run: list[dict[str, float]] = []
+    totals, t_ort = [], []
+    try:
+        sim.run(x)
+        sess.run(None, x)
+        for _ in range(runs):
+            spent.clear()
+            t = time.process_time()
+            sim.run(x)
+            totals.append(time.process_time() - t)
+            per_run.append(dict(spent))
+            t = time.process_time()
+            sess.run(None, x)
+            t_ort.append(time.process_time() - t)
+    finally:
+        Simulator._matmul_hardware = matmul  # type: ignore[method-assign]
+        simulator.run_session, host.run_session = session, session
+    total, ort_ms = statistics.median(totals), statistics.median(t_ort)
+    parts = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+    lines = [f"Hardware-mode time of {name}: {1e3 * total:.2f} ms a run (medians of {runs}; onnxruntime "
+             f"{1e3 * ort_ms:.2f} ms, {total / ort_ms:.2f}x); of it"]
+    lines += [f"  {1e3 * v:7.2f} ms  {k}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])]
+    lines.append(f"  {1e3 * (total - sum(parts.values())):7.2f} ms  the rest (Python and numpy glue)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--only", help="run only the models whose name contains this text")
+    ap.add_argument("--account", metavar="TEXT", help="only where the hardware-mode time of the model whose name "
+                    "contains this text goes (each conversion and session call timed)")
     args = ap.parse_args()
+    if args.account:
+        print(account(next(n for n in MODELS if args.account.lower() in n.lower()), args.runs))
+        return
     print(f"CPU time, medians of {args.runs} interleaved rounds after a warm-up, one thread each; times in ms")
     print(f"{'model':36s} {'ORT':>9s} {'ideal':>9s} {'hardware':>9s} {'ideal/':>8s} {'hw/ORT':>8s}")
     for name in MODELS:
