@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -268,7 +269,13 @@ def _constant(t: onnx.TensorProto, weights: bool) -> np.ndarray:
     unloaded = t.data_location == onnx.TensorProto.EXTERNAL
     if not weights and t.data_type != onnx.TensorProto.STRING and \
             (unloaded or int(np.prod(t.dims, dtype=np.int64)) > _SMALL_CONSTANT):
+        if t.HasField("raw_data"):
+            _check_raw_length(t, len(t.raw_data), "the model")
         return placeholder(t.dims, onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    if t.HasField("raw_data") and t.data_type not in _PACKED and sys.byteorder == "little":
+        raw = t.raw_data  # a copy of the proto's bytes: the array is a view of it, not a second copy
+        _check_raw_length(t, len(raw), "the model")
+        return np.frombuffer(raw, dtype=onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
     return numpy_helper.to_array(t)
 
 
@@ -313,16 +320,12 @@ def _check_initializer(t: onnx.TensorProto, where: str) -> None:
     if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
         return
     try:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
     except (KeyError, ValueError):
         raise ModelLoadError(f"{where}: weight '{t.name}' has unknown data type {t.data_type}") from None
-    n = int(np.prod(dims, dtype=np.int64))
     if t.HasField("raw_data"):
-        want = (n + 1) // 2 if t.data_type in _PACKED_4BIT else (n + 3) // 4 if t.data_type in _PACKED_2BIT \
-            else n * dtype.itemsize
-        if len(t.raw_data) != want:
-            raise ModelLoadError(f"{where}: weight '{t.name}' has dims {dims} ({dtype}, {want} bytes) but holds "
-                                 f"{len(t.raw_data)} bytes of raw_data")
+        if t.data_type in _PACKED:  # raw_data of other types is checked as it becomes an array (_constant)
+            _check_raw_length(t, len(t.raw_data), where)
         return
     try:
         numpy_helper.to_array(t)
@@ -332,6 +335,20 @@ def _check_initializer(t: onnx.TensorProto, where: str) -> None:
 
 _PACKED_2BIT = {getattr(onnx.TensorProto, n) for n in ("INT2", "UINT2") if hasattr(onnx.TensorProto, n)}
 _PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+_PACKED_6BIT = {getattr(onnx.TensorProto, n) for n in ("FLOAT6E2M3", "FLOAT6E3M2") if hasattr(onnx.TensorProto, n)}
+_PACKED = _PACKED_2BIT | _PACKED_4BIT | _PACKED_6BIT
+
+
+def _check_raw_length(t: onnx.TensorProto, length: int, where: str) -> None:
+    """Refuse a weight whose raw_data holds other than the bytes its dims and type need."""
+    dims = list(t.dims)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    n = int(np.prod(dims, dtype=np.int64))
+    want = (n + 1) // 2 if t.data_type in _PACKED_4BIT else (n + 3) // 4 if t.data_type in _PACKED_2BIT \
+        else (6 * n + 7) // 8 if t.data_type in _PACKED_6BIT else n * dtype.itemsize
+    if length != want:
+        raise ModelLoadError(f"{where}: weight '{t.name}' has dims {dims} ({dtype}, {want} bytes) but holds "
+                             f"{length} bytes of raw_data")
 
 
 def _check_opset(model: onnx.ModelProto, where: str) -> None:
