@@ -116,7 +116,7 @@ def import_program(
     spec = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
     options = dict(options or {})
     t0 = time.perf_counter()
-    proto = load_onnx(model, weights=weights)
+    proto = load_onnx(model, weights=weights, stream=weights)  # weights read straight into their arrays
     graph = import_model(proto, input_shapes, batch=batch, weights=weights)
     del proto
     check_supported(graph)

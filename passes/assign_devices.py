@@ -36,6 +36,7 @@ It runs before split_matrices because an encoding sets a tile's weight grid.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -159,13 +160,15 @@ class AssignDevices:
                                 f"{sum(floor.values()) / total_w:.3f} PCM per weight")
         m = cp_model.CpModel()
         blocks = {n: column_blocks(prog, n) for n in free}
-        x = {(n, b, e): m.new_bool_var(f"x_{i}_{b}_{e}") for i, n in enumerate(free)
-             for b in range(len(blocks[n])) for e in encs}
+        # Blocks of a layer with as many weights are interchangeable: the variables are how many of each such
+        # class take each encoding (no symmetric solutions for CP-SAT to wade through).
+        classes = {n: Counter(blk[3] for blk in blocks[n]) for n in free}
+        x = {(n, w, e): m.new_int_var(0, count, f"x_{i}_{w}_{e}") for i, n in enumerate(free)
+             for w, count in classes[n].items() for e in encs}
         for n in free:
-            for b in range(len(blocks[n])):
-                m.add_exactly_one(x[n, b, e] for e in encs)
-        dev = {e: sum(blk[3] * hw.encoding(e).devices_per_weight * x[n, b, e]
-                      for n in free for b, blk in enumerate(blocks[n]))
+            for w, count in classes[n].items():
+                m.add(sum(x[n, w, e] for e in encs) == count)
+        dev = {e: sum(w * hw.encoding(e).devices_per_weight * x[n, w, e] for n in free for w in classes[n])
                + sum(weights[n] * hw.encoding(e).devices_per_weight for n, c in chosen.items()
                      if n not in free and c == e) for e in encs}
         if tile_budget is not None:
@@ -176,8 +179,8 @@ class AssignDevices:
         if self.pcm_per_weight is not None:
             m.add(1000 * sum(dev.values()) <= round(1000 * self.pcm_per_weight) * total_w)
         sens = sens or {}
-        error = sum(round(_ERROR_SCALE * blk[3] / weights[n] * sens[n][e] ** 2) * x[n, b, e]
-                    for n in free for b, blk in enumerate(blocks[n]) for e in encs)
+        error = sum(round(_ERROR_SCALE * w / weights[n] * sens[n][e] ** 2) * x[n, w, e]
+                    for n in free for w in classes[n] for e in encs)
         m.minimize(error)
         solver = cp_model.CpSolver()
         solver.parameters.max_time_in_seconds = self.time_limit_s
@@ -208,7 +211,9 @@ class AssignDevices:
         out = dict(chosen)
         per_block: dict[str, list[str]] = {}
         for n in free:
-            got = [next(e for e in encs if values[n, b, e]) for b in range(len(blocks[n]))]
+            # A class's blocks take its encodings in the spec's order of encodings, in column order.
+            left = {w: [e for e in encs for _ in range(values[n, w, e])] for w in classes[n]}
+            got = [left[blk[3]].pop(0) for blk in blocks[n]]
             share = {e: sum(blk[3] for blk, g in zip(blocks[n], got, strict=True) if g == e) for e in set(got)}
             out[n] = max(sorted(share), key=lambda e: share[e])
             if len(share) > 1:

@@ -172,35 +172,43 @@ def assign_chips(prog: Program, tiles: list[Any], chips: int, hint: list[int], t
     producer's output bytes on every chip where it sits without its producer.
     Only the layers on ``tiles`` count, and a producer on none of them counts
     as elsewhere (so a block of tiles on its own chips is solved exactly).
-    Returns the assignment (``hint`` when CP-SAT finds nothing better), the
-    status and CP-SAT's lower bound on the objective.
+    Tiles holding the same layers are interchangeable in this model, so the
+    variables are how many tiles of each such class go on each chip (no
+    symmetric solutions for CP-SAT to wade through); the tiles of a class then
+    keep their chip in ``hint`` where the counts allow. Returns the assignment
+    (``hint`` when CP-SAT finds nothing better), the status and CP-SAT's lower
+    bound on the objective.
     """
     from ortools.sat.python import cp_model
 
     hw = prog.hardware
-    holds: dict[str, set[int]] = defaultdict(set)
-    for ti, t in enumerate(tiles):
-        for s in t.slices:
-            holds[prog.matrices[s.matrix].node].add(ti)  # type: ignore[index]
-    # Symmetry: chips are interchangeable, so the first tile goes on chip 0 (the hint renumbered to match).
+    # Symmetry: chips are interchangeable, so the first tile's chip is chip 0 (the hint renumbered to match).
     swap = {0: hint[0], hint[0]: 0}
     hint = [swap.get(c, c) for c in hint]
+    classes: dict[frozenset[str], list[int]] = {}
+    for ti, t in enumerate(tiles):
+        classes.setdefault(frozenset(prog.matrices[s.matrix].node for s in t.slices), []).append(ti)  # type: ignore[index]
+    members = list(classes.values())
+    holds: dict[str, list[int]] = defaultdict(list)  # layer -> the classes holding it
+    for g, layers in enumerate(classes):
+        for n in layers:
+            holds[n].append(g)
     m = cp_model.CpModel()
-    y = {(t, c): m.new_bool_var(f"y{t}_{c}") for t in range(len(tiles)) for c in range(chips)}
-    m.add(y[0, 0] == 1)
-    for t in range(len(tiles)):
-        m.add_exactly_one(y[t, c] for c in range(chips))
+    k = {(g, c): m.new_int_var(0, len(ts), f"k{g}_{c}") for g, ts in enumerate(members) for c in range(chips)}
+    m.add(k[0, 0] >= 1)  # the first tile's class is on chip 0
+    for g, ts in enumerate(members):
+        m.add(sum(k[g, c] for c in range(chips)) == len(ts))
         for c in range(chips):
-            m.add_hint(y[t, c], hint[t] == c)
+            m.add_hint(k[g, c], sum(hint[t] == c for t in ts))
     for c in range(chips):
-        m.add(sum(y[t, c] for t in range(len(tiles))) <= hw.tiles_per_chip)
+        m.add(sum(k[g, c] for g in range(len(members))) <= hw.tiles_per_chip)
     z = {(n, c): m.new_bool_var(f"z{i}_{c}") for i, n in enumerate(holds) for c in range(chips)}
-    for n, held in holds.items():
+    for n, gs in holds.items():
         for c in range(chips):
-            for t in held:
-                m.add_implication(y[t, c], z[n, c])
-            m.add_bool_or([y[t, c] for t in held] + [z[n, c].Not()])
-            m.add_hint(z[n, c], any(hint[t] == c for t in held))
+            for g in gs:
+                m.add(k[g, c] <= len(members[g]) * z[n, c])
+            m.add(sum(k[g, c] for g in gs) >= z[n, c])
+            m.add_hint(z[n, c], any(hint[t] == c for g in gs for t in members[g]))
     cost = []
     for n, p, nbytes in terms if terms is not None else traffic_terms(prog):
         if n not in holds or not nbytes:
@@ -220,7 +228,18 @@ def assign_chips(prog: Program, tiles: list[Any], chips: int, hint: list[int], t
     status = solver.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return hint, "fallback (no CP-SAT solution in the time limit)", 0
-    chip_of = [next(c for c in range(chips) if solver.value(y[t, c])) for t in range(len(tiles))]
+    chip_of = list(hint)
+    for g, ts in enumerate(members):
+        left = {c: solver.value(k[g, c]) for c in range(chips)}
+        moved = []
+        for t in ts:  # a tile stays on its hinted chip while the class still needs tiles there
+            if left[hint[t]] > 0:
+                left[hint[t]] -= 1
+            else:
+                moved.append(t)
+        free = [c for c in range(chips) for _ in range(left[c])]
+        for t, chip in zip(moved, free, strict=True):
+            chip_of[t] = chip
     if status == cp_model.OPTIMAL:
         return chip_of, "optimal", int(solver.objective_value)
     return chip_of, "feasible (CP-SAT time limit; see gap)", int(math.ceil(solver.best_objective_bound))

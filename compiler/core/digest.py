@@ -44,7 +44,8 @@ def model_digest(model: onnx.ModelProto, values: Mapping[str, np.ndarray] | None
 def _tensor(h: Any, t: onnx.TensorProto, a: np.ndarray | None) -> None:
     """Feed one tensor to ``h``: name, type, dims, then its bytes' length and CRC-32 (``a``: its array, if made)."""
     h.update(f"{t.name}\0{t.data_type}\0{list(t.dims)}\0".encode())
-    if t.data_location == onnx.TensorProto.EXTERNAL and not t.HasField("raw_data"):
+    if t.data_location == onnx.TensorProto.EXTERNAL and not t.HasField("raw_data") and \
+            (a is None or is_placeholder(a)):  # an external tensor whose values were not read: its reference
         h.update(repr([(e.key, e.value) for e in t.external_data]).encode())
     elif t.data_type == onnx.TensorProto.STRING:
         h.update(repr(list(t.string_data)).encode())

@@ -18,12 +18,13 @@ available memory is refused before they are read.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -53,12 +54,18 @@ _SMALL_CONSTANT = 4096
 _FOLD_ROUNDS = 4
 
 
-def load_onnx(source: str | Path | onnx.ModelProto, *, weights: bool = True) -> onnx.ModelProto:
+def load_onnx(source: str | Path | onnx.ModelProto, *, weights: bool = True, stream: bool = False) -> onnx.ModelProto:
     """Read an ONNX file (or take a ModelProto) and check its structure; failures are ModelLoadErrors.
 
     With ``weights`` the external data is read, after checking that the weights
     fit in memory (``check_memory``); without, only the small integer tensors of
-    the external data are (see the module docstring). onnx.checker is not run:
+    the external data are (see the module docstring). With ``stream`` (and
+    ``weights``, from a file) the graph's initializers are not read into the
+    model at all: large embedded ones are left out of the parse and, like the
+    external ones, marked as external data at an absolute location (the model
+    file itself for embedded bytes), which ``import_model`` reads straight into
+    the arrays; so the parsed model and the arrays never both hold the weights.
+    Such a model is for ``import_model`` only. onnx.checker is not run:
     its complaints could only be warnings (exporters write models it rejects
     that onnxruntime runs), it parses the file a second time (a third of
     ResNet-18's compile floor), and the frontend's structure check, shape
@@ -75,15 +82,26 @@ def load_onnx(source: str | Path | onnx.ModelProto, *, weights: bool = True) -> 
             raise ModelLoadError(f"{path} is a directory, not an ONNX file")
         if weights:  # the file's own bytes (embedded weights) are parsed by onnx.load: check them first
             check_memory(path, path.stat().st_size, "its file")
+        stripped: dict[int, tuple[int, int]] = {}
         try:
-            model = onnx.load(str(path), load_external_data=False)
+            parsed = _parse_stripped(path) if weights and stream else None
+            if parsed is None:
+                model = onnx.load(str(path), load_external_data=False)
+            else:
+                model, stripped = parsed
         except (DecodeError, ValueError, RuntimeWarning) as e:
             raise ModelLoadError(f"{path} is not a readable ONNX model (truncated or not ONNX): {e}") from None
         except OSError as e:
             raise ModelLoadError(f"cannot read {path}: {e}") from None
         if weights:
             check_memory(path, weight_bytes(model, path.stat().st_size), "its weights")
-            _load_external_data(path, _external_tensors(model))
+            if stream:  # the graph's external initializers are read by import_model, the rest (rare) here
+                top, rest = _external_tensors(model, split=True)
+                _load_external_data(path, top + rest, streamed=len(top))
+            else:
+                _load_external_data(path, _external_tensors(model))
+            for i, (offset, length) in stripped.items():
+                _mark_external(model.graph.initializer[i], path.resolve(), offset, length)
         else:
             _load_external_data(path, [t for t in _external_tensors(model) if _shape_like(t)])
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
@@ -93,10 +111,15 @@ def load_onnx(source: str | Path | onnx.ModelProto, *, weights: bool = True) -> 
     return model
 
 
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+def _external_tensors(model: onnx.ModelProto, split: bool = False) -> Any:
+    """The model's tensors kept in external files; with ``split``, (the graph's initializers, the others)."""
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
+    every = list(_get_all_tensors(model))  # the graph's own initializers come first
+    if not split:
+        return [t for t in every if uses_external_data(t)]
+    n = len(model.graph.initializer)
+    return [t for t in every[:n] if uses_external_data(t)], [t for t in every[n:] if uses_external_data(t)]
 
 
 def _shape_like(t: onnx.TensorProto) -> bool:
@@ -105,11 +128,12 @@ def _shape_like(t: onnx.TensorProto) -> bool:
     return integer and int(np.prod(t.dims, dtype=np.int64)) <= _SMALL_CONSTANT
 
 
-def _load_external_data(path: Path, tensors: list[onnx.TensorProto]) -> None:
+def _load_external_data(path: Path, tensors: list[onnx.TensorProto], streamed: int = 0) -> None:
     """Read ``tensors`` of the model loaded from ``path``, kept in external files, each of which must be a
     relative path inside the model's directory that exists: a missing .onnx.data file (the exporter wrote
     model.onnx + model.onnx.data and only the .onnx was copied), an absolute or '../' location or a symlink out
-    is a ModelLoadError naming the tensor, the file expected and where it was looked for."""
+    is a ModelLoadError naming the tensor, the file expected and where it was looked for. The first ``streamed``
+    tensors are not read but their location made absolute (import_model reads them into their arrays)."""
     from onnx.external_data_helper import load_external_data_for_tensor
 
     if not tensors:
@@ -128,11 +152,152 @@ def _load_external_data(path: Path, tensors: list[onnx.TensorProto]) -> None:
             raise ModelLoadError(f"{path}: tensor '{t.name}' keeps its data in the external file {location}, "
                                  f"looked for at {looked}: no such file (copy it beside the .onnx file; "
                                  f"exporters write model.onnx and model.onnx.data together)")
+    for t in tensors[:streamed]:
+        info = {e.key: e.value for e in t.external_data}
+        try:
+            offset, length = int(info.get("offset") or 0), int(info["length"]) if info.get("length") else None
+        except ValueError:
+            raise ModelLoadError(f"{path}: tensor '{t.name}' has external-data offset {info.get('offset')!r} and "
+                                 f"length {info.get('length')!r}; each must be a whole number of bytes") from None
+        _mark_external(t, (base / info["location"]).resolve(), offset, length)
+    tensors = tensors[streamed:]
     try:
         for t in tensors:
             load_external_data_for_tensor(t, str(base))
     except (OSError, ValueError, onnx.checker.ValidationError) as e:
         raise ModelLoadError(f"cannot read the external data of {path} (in {base}): {e}") from None
+
+
+def _mark_external(t: onnx.TensorProto, location: Path, offset: int, length: int | None) -> None:
+    """Make ``t`` refer to its bytes at ``offset`` of the file ``location`` (absolute), holding none itself."""
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    del t.external_data[:]
+    entries = [("location", str(location)), ("offset", str(offset))] + \
+        ([("length", str(length))] if length is not None else [])
+    for key, value in entries:
+        t.external_data.add(key=key, value=value)
+
+
+def _read_external(t: onnx.TensorProto) -> np.ndarray:
+    """An external tensor's values, read from its file straight into the array (np.fromfile: no copy of the
+    bytes in the model); its location as the model gives it (absolute after ``load_onnx(stream=True)``)."""
+    info = {e.key: e.value for e in t.external_data}
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    n = int(np.prod(t.dims, dtype=np.int64))
+    try:
+        offset = int(info.get("offset") or 0)
+        _check_raw_length(t, int(info["length"]) if info.get("length") else n * dtype.itemsize, "the model")
+        with open(info.get("location", ""), "rb") as f:
+            values = np.fromfile(f, dtype=dtype, count=n, offset=offset)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the data of weight '{t.name}' from {info.get('location')}: {e}") from None
+    if values.size != n:
+        raise ModelLoadError(f"weight '{t.name}' has dims {list(t.dims)} ({n:,} values) but its data in "
+                             f"{info.get('location')} (from byte {offset:,}) ends after {values.size:,}")
+    return values.reshape(tuple(t.dims))
+
+
+def _streamable(t: onnx.TensorProto) -> bool:
+    """An external tensor ``_read_external`` reads (plain little-endian values, not packed sub-byte ones)."""
+    return t.data_location == onnx.TensorProto.EXTERNAL and not t.HasField("raw_data") and \
+        t.data_type not in _PACKED and t.data_type != onnx.TensorProto.STRING and sys.byteorder == "little"
+
+
+# Embedded weights at least this large are left out of a streamed parse (load_onnx(stream=True)).
+_STREAM_MIN_BYTES = 1 << 16
+
+
+class _Unwalkable(Exception):
+    """The file is not in the plain protobuf encoding _strip walks: parse it whole instead."""
+
+
+def _parse_stripped(path: Path) -> tuple[onnx.ModelProto, dict[int, tuple[int, int]]] | None:
+    """Parse the ONNX file without the raw bytes of the graph's large initializers: the model, and per such
+    initializer (by index) the offset and length of its bytes in the file. None when the file cannot be
+    walked as plain protobuf (then onnx.load parses it whole and reports what is wrong with it)."""
+    with open(path, "rb") as f:
+        try:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # an empty file, or one that cannot be mapped
+            return None
+        with buf:
+            try:
+                skeleton, stripped = _strip(buf)
+            except _Unwalkable:
+                return None
+    return onnx.load_model_from_string(skeleton), stripped
+
+
+def _strip(buf: Any) -> tuple[bytes, dict[int, tuple[int, int]]]:
+    """The serialized model with ModelProto.graph's initializers' raw_data (TensorProto field 9) of at least
+    _STREAM_MIN_BYTES left out, and where each was; every other byte as it was (fields in their order)."""
+    out: list[bytes] = []
+    stripped: dict[int, tuple[int, int]] = {}
+    index = 0  # the initializer's position in model.graph.initializer
+    for field, wire, start, value, end in _fields(buf, 0, len(buf)):
+        if (field, wire) != (7, 2):  # ModelProto.graph
+            out.append(buf[start:end])
+            continue
+        graph: list[bytes] = []
+        for field2, wire2, start2, value2, end2 in _fields(buf, value, end):
+            if (field2, wire2) != (5, 2):  # GraphProto.initializer
+                graph.append(buf[start2:end2])
+                continue
+            kept: list[bytes] = []
+            for field3, wire3, start3, value3, end3 in _fields(buf, value2, end2):
+                if (field3, wire3) == (9, 2) and end3 - value3 >= _STREAM_MIN_BYTES:
+                    stripped[index] = (value3, end3 - value3)
+                else:
+                    kept.append(buf[start3:end3])
+            index += 1
+            graph.append(_length_delimited(5, b"".join(kept)) if index - 1 in stripped else buf[start2:end2])
+        out.append(_length_delimited(7, b"".join(graph)))
+    return b"".join(out), stripped
+
+
+def _fields(buf: Any, pos: int, end: int) -> Any:
+    """(field number, wire type, start of the field, start of its value, end) for each field in buf[pos:end]."""
+    while pos < end:
+        start = pos
+        key, pos = _varint(buf, pos, end)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+            value = start
+        elif wire in (1, 5):
+            value, pos = pos, pos + (8 if wire == 1 else 4)
+        elif wire == 2:
+            size, value = _varint(buf, pos, end)
+            pos = value + size
+        else:  # groups (3, 4) are not used by ONNX; anything else is not protobuf
+            raise _Unwalkable
+        if pos > end or key >> 3 == 0:
+            raise _Unwalkable
+        yield key >> 3, wire, start, value, pos
+
+
+def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < end and shift < 64:
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise _Unwalkable
+
+
+def _length_delimited(field: int, body: bytes) -> bytes:
+    head, n = [field << 3 | 2], len(body)
+    while True:  # the varint of the length
+        head.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            break
+    key = head[0]
+    return (bytes([key]) if key < 0x80 else bytes([key & 0x7F | 0x80, key >> 7])) + bytes(head[1:]) + body
 
 
 # Compile's peak memory over the weights' bytes: the bound issue 13 sets (benchmarks/bench_rnnt.py measures it).
@@ -235,10 +400,12 @@ def import_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     tensors are placeholders, and so is what folds from them.
     """
     check_structure(model)
+    streamed = {t.name: _read_external(t) for t in model.graph.initializer if weights and _streamable(t)}
     original, model = model, _upgrade_opset(model)
     g = model.graph
     opset = _opsets(model)
-    constants = {t.name: _constant(t, weights) for t in g.initializer}
+    constants = {t.name: streamed.pop(t.name) if t.name in streamed else _constant(t, weights)
+                 for t in g.initializer}
     digest = model_digest(original, constants) if weights else None  # from the arrays: no copy of the bytes
     for sp in g.sparse_initializer:
         if not weights and int(np.prod(sp.dims, dtype=np.int64)) > _SMALL_CONSTANT:
