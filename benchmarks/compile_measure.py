@@ -17,6 +17,7 @@ import compileall
 import importlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,10 +104,12 @@ def report(model: Path, compile_args: Sequence[str], repeats: int) -> None:
     compile_bytecode()
     size = model.stat().st_size
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "model.anac"
         floors, child_floors, compiles, peaks, loads, onnx_loads = [], [], [], [], [], []
         rep: dict[str, Any] = {}
-        for _ in range(repeats):
+        for i in range(repeats):
+            out = Path(tmp) / f"model{i}.anac"  # a new directory each time: no earlier program to remove
+            if i:
+                shutil.rmtree(Path(tmp) / f"model{i - 1}.anac")
             floors.append(floor_s(model)[1])
             child_floors.append(floor_child_s(model))
             seconds, peak, rep = run_child(["compile", str(model), *compile_args, "-o", str(out), "--json", "-q"])
