@@ -20,10 +20,12 @@ the better of packing order and dataflow order and never worse than the
 greedy assignment in packing order; within a chip a snake walk of the tile
 mesh keeps consecutive layers on neighbouring tiles. Scale: when the warm
 start meets a lower bound on the traffic (proxy_bound) it is optimal and
-CP-SAT does not run; CP-SAT's deterministic time limit grows with tiles x
-chips (capped by ``time_limit_s``) and it stops at a proven optimum; above
-``max_vars`` tile-chip pairs (hundreds of chips, tens of thousands of tiles)
-the problem is decomposed into windows of consecutive chips (assign_blocks).
+CP-SAT does not run. CP-SAT places classes of tiles (those holding the
+same layers are interchangeable): its deterministic time limit grows with
+classes x chips (capped by ``time_limit_s``) and it stops at a proven
+optimum; above ``max_vars`` class-chip pairs (hundreds of chips, thousands
+of layers) the problem is decomposed into windows of consecutive chips
+(assign_blocks).
 The objective, the bound and the gap are recorded in the placement info.
 """
 
@@ -60,8 +62,8 @@ class Place:
     min_cut: int = 16  # never cut a piece thinner than this many rows or columns to fill a gap
     solver: str = "cpsat"  # "cpsat" or "greedy" (tiles to chips in packing order)
     time_limit_s: float = 5.0  # cap on CP-SAT's deterministic time (about as many seconds on this machine)
-    seconds_per_var: float = 0.0005  # CP-SAT's deterministic budget per tile-chip pair, up to the cap
-    max_vars: int = 1000  # tiles x chips above which chips are assigned in windows of ``block_chips``
+    seconds_per_var: float = 0.0005  # CP-SAT's deterministic budget per class-chip pair, up to the cap
+    max_vars: int = 1000  # classes of tiles x chips above which chips are assigned in windows of ``block_chips``
     block_chips: int = 2
     seed: int = 0
 
@@ -101,15 +103,16 @@ class Place:
             if proxy_cost(prog, tiles, start, terms) <= proxy_bound(prog, tiles, chips, terms):
                 chip_of, status, bound = start, "optimal (the warm start meets the lower bound)", 0
                 method = "tiles to chips in dataflow order, snake order on the mesh"
-            elif len(tiles) * chips <= self.max_vars:
-                limit = min(self.time_limit_s, max(0.05, self.seconds_per_var * len(tiles) * chips))
+            elif (classes := len(tile_classes(prog, tiles))) * chips <= self.max_vars:
+                limit = min(self.time_limit_s, max(0.05, self.seconds_per_var * classes * chips))
                 chip_of, status, bound = assign_chips(prog, tiles, chips, start, limit, self.seed, terms)
                 method = "CP-SAT tiles to chips, snake order on the mesh"
             else:
                 limit = self.time_limit_s
                 chip_of, status, bound = assign_blocks(prog, tiles, start, self.block_chips, limit, self.seed, terms)
                 method = (f"CP-SAT on windows of {self.block_chips} consecutive chips in dataflow order "
-                          f"({len(tiles)} tiles x {chips} chips is over {self.max_vars}), snake order on the mesh")
+                          f"({classes} classes of tiles x {chips} chips is over {self.max_vars}), snake order on "
+                          f"the mesh")
             solve_s = time.perf_counter() - t0
             cp_bytes = _apply(prog, tiles, chip_of)
             if cp_bytes > greedy_bytes:  # never worse than the greedy baseline
@@ -185,9 +188,7 @@ def assign_chips(prog: Program, tiles: list[Any], chips: int, hint: list[int], t
     # Symmetry: chips are interchangeable, so the first tile's chip is chip 0 (the hint renumbered to match).
     swap = {0: hint[0], hint[0]: 0}
     hint = [swap.get(c, c) for c in hint]
-    classes: dict[frozenset[str], list[int]] = {}
-    for ti, t in enumerate(tiles):
-        classes.setdefault(frozenset(prog.matrices[s.matrix].node for s in t.slices), []).append(ti)  # type: ignore[index]
+    classes = tile_classes(prog, tiles)
     members = list(classes.values())
     holds: dict[str, list[int]] = defaultdict(list)  # layer -> the classes holding it
     for g, layers in enumerate(classes):
@@ -220,6 +221,7 @@ def assign_chips(prog: Program, tiles: list[Any], chips: int, hint: list[int], t
                 cost.append(nbytes * cross)
         else:
             cost.extend(nbytes * z[n, c] for c in range(chips))
+    m.add(sum(cost) >= proxy_bound(prog, tiles, chips, terms))  # valid for every assignment: ends the search there
     m.minimize(sum(cost))
     solver = cp_model.CpSolver()
     solver.parameters.max_deterministic_time = time_limit_s
@@ -243,6 +245,14 @@ def assign_chips(prog: Program, tiles: list[Any], chips: int, hint: list[int], t
     if status == cp_model.OPTIMAL:
         return chip_of, "optimal", int(solver.objective_value)
     return chip_of, "feasible (CP-SAT time limit; see gap)", int(math.ceil(solver.best_objective_bound))
+
+
+def tile_classes(prog: Program, tiles: list[Any]) -> dict[frozenset[str], list[int]]:
+    """Tiles by the set of layers they hold (interchangeable in the traffic model), in order of first tile."""
+    classes: dict[frozenset[str], list[int]] = {}
+    for ti, t in enumerate(tiles):
+        classes.setdefault(frozenset(prog.matrices[s.matrix].node for s in t.slices), []).append(ti)  # type: ignore[index]
+    return classes
 
 
 def assign_blocks(prog: Program, tiles: list[_Tile], start: list[int], block: int, time_limit_s: float,
