@@ -22,7 +22,7 @@ import mmap
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import lru_cache, reduce
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -873,7 +873,16 @@ def _try_fold(node: Node, graph: Graph) -> list[np.ndarray] | None:
         return [np.full(tuple(int(d) for d in args[0]), fill[0], dtype=fill.dtype)]  # type: ignore[union-attr]
     if node.op_type == "Identity":
         return [args[0]]  # type: ignore[list-item]
+    if node.op_type == "Concat" and all(a is not None and a.ndim for a in args):
+        return [np.concatenate(args, axis=node.attrs["axis"])]  # type: ignore[arg-type]
+    if node.op_type in _ELEMENTWISE and args and all(a is not None for a in args) and \
+            len({a.dtype for a in args}) == 1:  # type: ignore[union-attr]
+        return [reduce(_ELEMENTWISE[node.op_type], args).astype(args[0].dtype)]  # type: ignore[union-attr]
     return _reference_eval(node, graph, args)
+
+
+# Variadic ops folded by numpy (as onnx's reference evaluator computes them, without importing it).
+_ELEMENTWISE = {"Max": np.maximum, "Min": np.minimum, "Sum": np.add}
 
 
 def _reference_eval(node: Node, graph: Graph, args: list[np.ndarray | None]) -> list[np.ndarray] | None:

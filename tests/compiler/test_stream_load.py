@@ -80,3 +80,20 @@ def test_a_file_that_is_not_protobuf_falls_back_to_the_whole_parse_and_its_error
     path.write_bytes(b"\xff" * 100)
     with pytest.raises(ModelLoadError, match="not a readable ONNX model"):
         load_onnx(path, stream=True)
+
+
+@pytest.mark.parametrize("op", ["Concat", "Max", "Min", "Sum"])
+def test_numpy_folds_agree_with_onnx_reference(op: str, rng: np.random.Generator) -> None:
+    """Concat and the variadic Max/Min/Sum of constants fold by numpy, to what onnx's reference evaluator gives."""
+    from onnx.reference import ReferenceEvaluator
+
+    a, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((1, 4)).astype(np.float32)
+    attrs = {"axis": 0} if op == "Concat" else {}
+    nodes = [node(op, ["a", "b"], ["w"], **attrs), node("MatMul", ["x", "w"], ["y"], name="mm")]
+    rows = 4 if op == "Concat" else 3
+    m = make_model(nodes, [tensor("x", [2, rows])], [tensor("y", [2, 4])], [const("a", a), const("b", b)])
+    folded = import_model(load_onnx(m)).constants["w"]
+    want = ReferenceEvaluator(make_model(nodes[:1], [], [tensor("w", [rows, 4])],
+                                         [const("a", a), const("b", b)])).run(None, {})[0]
+    assert folded.dtype == want.dtype and folded.shape == want.shape
+    np.testing.assert_array_equal(folded, want)
