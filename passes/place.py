@@ -221,7 +221,8 @@ def assign_chips(prog: Program, tiles: list[Any], chips: int, hint: list[int], t
                 cost.append(nbytes * cross)
         else:
             cost.extend(nbytes * z[n, c] for c in range(chips))
-    m.add(sum(cost) >= proxy_bound(prog, tiles, chips, terms))  # valid for every assignment: ends the search there
+    if len(tiles) > (chips - 1) * hw.tiles_per_chip:  # every chip needed, as proxy_bound assumes: a valid bound
+        m.add(sum(cost) >= proxy_bound(prog, tiles, chips, terms))  # that ends the search where it is met
     m.minimize(sum(cost))
     solver = cp_model.CpSolver()
     solver.parameters.max_deterministic_time = time_limit_s

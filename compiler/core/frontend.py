@@ -241,7 +241,8 @@ def _strip(buf: Any) -> tuple[bytes, dict[int, tuple[int, int]]]:
             continue
         graph: list[bytes] = []
         for field2, wire2, start2, value2, end2 in _fields(buf, value, end):
-            if (field2, wire2) != (5, 2):  # GraphProto.initializer
+            if (field2, wire2) != (5, 2) or end2 - value2 < _STREAM_MIN_BYTES:  # not a (large) initializer
+                index += (field2, wire2) == (5, 2)
                 graph.append(buf[start2:end2])
                 continue
             kept: list[bytes] = []
