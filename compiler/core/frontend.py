@@ -186,8 +186,12 @@ def _read_external(t: onnx.TensorProto) -> np.ndarray:
     dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
     n = int(np.prod(t.dims, dtype=np.int64))
     try:
-        offset = int(info.get("offset") or 0)
-        _check_raw_length(t, int(info["length"]) if info.get("length") else n * dtype.itemsize, "the model")
+        offset, length = int(info.get("offset") or 0), int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise ModelLoadError(f"weight '{t.name}' has external-data offset {info.get('offset')!r} and length "
+                             f"{info.get('length')!r}; each must be a whole number of bytes") from None
+    _check_raw_length(t, n * dtype.itemsize if length is None else length, "the model")
+    try:
         with open(info.get("location", ""), "rb") as f:
             values = np.fromfile(f, dtype=dtype, count=n, offset=offset)
     except (OSError, ValueError) as e:
@@ -291,14 +295,13 @@ def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
 
 
 def _length_delimited(field: int, body: bytes) -> bytes:
-    head, n = [field << 3 | 2], len(body)
-    while True:  # the varint of the length
-        head.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+    """A length-delimited protobuf field (a field number up to 15: a one-byte key), then the varint length."""
+    head, n = bytearray([field << 3 | 2]), len(body)
+    while n > 0x7F:
+        head.append(n & 0x7F | 0x80)
         n >>= 7
-        if not n:
-            break
-    key = head[0]
-    return (bytes([key]) if key < 0x80 else bytes([key & 0x7F | 0x80, key >> 7])) + bytes(head[1:]) + body
+    head.append(n)
+    return bytes(head) + body
 
 
 # Compile's peak memory over the weights' bytes: the bound issue 13 sets (benchmarks/bench_rnnt.py measures it).
