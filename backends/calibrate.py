@@ -2,7 +2,9 @@
 
 Runs the program in ideal mode and records, per MVM, the distribution of
 |input| (the full scale of its landing pads) and, per slice, of |analog
-output| (the full scale of its output conversion), as histograms on a log
+output| (the full scale of its output conversion; in current units, i.e. each
+column's output times its gain when the matrix has a conductance scale per
+column, ``Program.column_gains``), as histograms on a log
 grid of 1/8 octave. Each range is then chosen to minimise the conversion's
 mean squared error on those values at the hardware's bits: values above the
 range saturate (error (|x| - r)^2), values below half a step round to zero
@@ -41,13 +43,17 @@ def calibrate(prog: Program, data: Mapping[str, np.ndarray] | None = None, *,
         raise InputError(f"calibration percentile must be in (0, 100], got {percentile}")
     seen_in: dict[str, Any] = {}
     seen_out: dict[int, Any] = {}
+    # A slice's output is converted in current units: per-column scales weigh its columns apart.
+    gains = {s.id: g for s in prog.slices or [] if (g := prog.column_gains(s)) is not None}
 
     def observe_percentile(kind: str, key: Any, values: np.ndarray) -> None:
+        values = values * gains[key] if kind == "slice" and key in gains else values
         book = seen_in if kind == "input" else seen_out
         level = float(np.percentile(np.abs(values), percentile)) if values.size else 0.0
         book[key] = max(book.get(key, 0.0), level)
 
     def observe_histogram(kind: str, key: Any, values: np.ndarray) -> None:
+        values = values * gains[key] if kind == "slice" and key in gains else values
         book = seen_in if kind == "input" else seen_out
         h = book.get(key)
         if h is None:

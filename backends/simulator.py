@@ -249,7 +249,9 @@ class Simulator:
             mvm = self.prog.mvms[node]  # type: ignore[index]
             matrices = [self.prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
             conv = _hw_conv_model(mvm, len(matrices))
-            self._stacks[node] = [_row_blocks(group, conv is None) for group in plans]
+            slices = self.prog.slices or []
+            gains = {p.id: self.prog.column_gains(slices[p.id]) for group in plans for p in group}
+            self._stacks[node] = [_row_blocks(group, gains, conv is None) for group in plans]
             if conv is not None:
                 self._conv_models[node] = (conv, False)
                 self._conv_blocks[node] = [_conv_blocks(mvm, m, blocks)
@@ -763,9 +765,11 @@ def _from_product_rows(mvm: MVM, rows: np.ndarray, like: np.ndarray) -> np.ndarr
     return rows.reshape(like.shape)
 
 
-def _row_blocks(group: list[_SlicePlan], weights: bool = True) -> _RowBlocks:
+def _row_blocks(group: list[_SlicePlan], gains: Mapping[int, np.ndarray | None],
+                weights: bool = True) -> _RowBlocks:
     """A matrix's row blocks with zero weights (``Simulator.at`` fills them; none unless ``weights``) and
-    each column's output range."""
+    each column's output range in weight units: its slice's range over the column's gain (the conversion
+    is in current units, and a per-column scale gives each column its own current per unit of weight)."""
     starts = sorted({p.rows[0] for p in group})
     stops = [max(p.rows[1] for p in group if p.rows[0] == start) for start in starts]
     cols = [(min(p.cols[0] for p in group if p.rows[0] == start),
@@ -775,7 +779,9 @@ def _row_blocks(group: list[_SlicePlan], weights: bool = True) -> _RowBlocks:
     scales = [np.ones(c1 - c0, np.float32) for c0, c1 in cols]
     for p in group:
         i = starts.index(p.rows[0])
-        scales[i][p.cols[0] - cols[i][0]:p.cols[1] - cols[i][0]] = p.output_range
+        gain = gains.get(p.id)
+        scales[i][p.cols[0] - cols[i][0]:p.cols[1] - cols[i][0]] = \
+            p.output_range if gain is None else np.float32(p.output_range) / gain
     return _RowBlocks(starts, stops, cols, ws, scales)
 
 

@@ -340,8 +340,10 @@ def load_program(path: str | Path, *, plan_ok: bool = False) -> Program:
     if data.get("format") == FORMAT_NAME and isinstance(data.get("version"), int) and \
             data["version"] < FORMAT_VERSION:
         raise ArtifactError(f"{path} was written by an older anac ({data.get('compiler', 'unknown')}, format version "
-                            f"{data['version']}); this anac reads version {FORMAT_VERSION}, which stores the weights "
-                            f"once and recomputes conductance targets: compile the model again")
+                            f"{data['version']}); this anac reads version {FORMAT_VERSION}, which "
+                            + ("stores the weights once and recomputes conductance targets" if data["version"] < 2
+                               else "converts per-column outputs in current units (their calibrated ranges differ)")
+                            + ": compile the model again")
     if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
         raise ArtifactError(f"{pj} is format {data.get('format')!r} version {data.get('version')!r}; "
                             f"this anac reads {FORMAT_NAME!r} version {FORMAT_VERSION}")

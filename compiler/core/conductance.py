@@ -14,6 +14,10 @@ D devices of each weight and a scale per column, s (c,), with W ~ combine(T) / s
 Scales are per tile (one max over the slice) or per column. Weights beyond
 ``clip_sigma`` standard deviations are clipped first, so outliers do not
 squeeze every other weight into a few levels.
+
+A column's analog output is a current, x . W[:, j] s_j: the output conversion
+sees it in conductance units, so with per-column scales column j's full scale
+in weight units is R / s_j for the slice's one range R (``column_gains``).
 """
 
 from __future__ import annotations
@@ -59,12 +63,7 @@ def device_targets(w: np.ndarray, encoding: Encoding, g_max: float, per_column: 
     the rows of a larger slice.
     """
     w = clip_weights(np.asarray(w, np.float32), clip_sigma)
-    if per_column:
-        peak = np.abs(w).max(axis=0) if absmax is None else np.asarray(absmax, np.float32)
-    else:
-        peak = np.full(w.shape[1], np.abs(w).max() if absmax is None else absmax, np.float32)
-    peak = np.where(peak > 0, peak, 1.0).astype(np.float32)
-    scale = (headroom(encoding) * g_max / peak).astype(np.float32)
+    scale = _scales(w, encoding, g_max, per_column, absmax)
     sw = w * scale  # in uS, within +-headroom * Gmax
     d = encoding.devices_per_weight
     if d == 1:
@@ -79,6 +78,29 @@ def device_targets(w: np.ndarray, encoding: Encoding, g_max: float, per_column: 
     f = encoding.significance_factor
     part = 1.0 / (f + 1.0)  # F = 1: both pairs carry half; F > 1: MSB and LSB targets alike, LSB corrected later
     return np.stack([pos * part, pos * part, neg * part, neg * part]).astype(np.float32), scale
+
+
+def column_scales(w: np.ndarray, encoding: Encoding, g_max: float, per_column: bool = False,
+                  clip_sigma: float | None = None) -> np.ndarray:
+    """The per-column scales (c,) ``device_targets`` gives a weight slice, without its targets."""
+    return _scales(clip_weights(np.asarray(w, np.float32), clip_sigma), encoding, g_max, per_column, None)
+
+
+def column_gains(scale: np.ndarray) -> np.ndarray:
+    """Each column's current per unit of weight output, relative to the slice's smallest scale (its largest
+    weights; the per-tile scale): a slice's output range in weight units at that scale, divided by these,
+    is each column's range. All ones for a per-tile scale."""
+    return (scale / scale.min()).astype(np.float32)
+
+
+def _scales(w: np.ndarray, encoding: Encoding, g_max: float, per_column: bool,
+            absmax: float | np.ndarray | None) -> np.ndarray:
+    if per_column:
+        peak = np.abs(w).max(axis=0) if absmax is None else np.asarray(absmax, np.float32)
+    else:
+        peak = np.full(w.shape[1], np.abs(w).max() if absmax is None else absmax, np.float32)
+    peak = np.where(peak > 0, peak, 1.0).astype(np.float32)
+    return (headroom(encoding) * g_max / peak).astype(np.float32)
 
 
 def combine(g: np.ndarray, encoding: Encoding, scale: np.ndarray) -> np.ndarray:

@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-from anac.core.conductance import device_targets
+from anac.core.conductance import column_gains, column_scales, device_targets
 from anac.core.hardware import HardwareSpec
 from anac.core.ir import Graph, TensorInfo
 from anac.core.placeholder import is_placeholder
 
 FORMAT_NAME = "anac-program"
-FORMAT_VERSION = 2  # 2: weights once, per matrix; conductance targets recomputed on load
+# 2: weights once, per matrix; conductance targets recomputed on load.
+# 3: a per-column matrix's slice output ranges are in current (column j's range in weights: the range / gain j).
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -114,7 +116,9 @@ class Slice:
     tile: int | None = None
     row_offset: int | None = None  # weight rows from the tile's first row
     col_offset: int | None = None
-    output_range: float | None = None  # calibrated full-scale output of this slice
+    # Calibrated full-scale output of this slice, in weight units at the slice's smallest conductance scale
+    # (Program.column_gains: a per-column matrix's column j converts at output_range / gain j).
+    output_range: float | None = None
     slot: int = 0  # time slot on its tile: slices sharing rows or columns of a tile run at different times
     copy: int = 0  # which copy of its matrix (replicate): copies hold the same weights and share the products
     own_tile: bool = False  # place puts it on a tile of its own (replicate: no time-sharing with other layers)
@@ -192,6 +196,18 @@ class Program:
                                       m.per_column, m.clip_sigma)
             self._targets[s.id] = (t.astype(np.float16), scale)
         return self._targets[s.id]
+
+    def column_gains(self, s: Slice) -> np.ndarray | None:
+        """A per-column matrix's slice: each column's current per unit of weight output relative to the slice's
+        smallest scale (anac.core.conductance.column_gains); None for a per-tile scale (all ones)."""
+        m = self.matrices[s.matrix]  # type: ignore[index]
+        if not m.per_column:
+            return None
+        if s.id in self._targets:
+            return column_gains(self._targets[s.id][1])
+        w = np.ascontiguousarray(m.weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]])
+        return column_gains(column_scales(w, self.hardware.encoding(s.encoding), self.hardware.device.g_max_us,
+                                          True, m.clip_sigma))
 
     def verify(self) -> None:
         """Check cheap invariants of whatever has been produced; raise AssertionError on a bug."""

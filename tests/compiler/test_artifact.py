@@ -95,7 +95,12 @@ def test_an_old_program_directory_is_refused_with_the_way_out(tmp_path: Path, rn
     data.update(version=1, compiler="anac 0.1.0")
     (path / "program.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match=r"written by an older anac \(anac 0.1.0, format version 1\); this anac "
-                                            r"reads version 2, .* compile the model again"):
+                                            r"reads version 3, .* compile the model again"):
+        load_program(path)
+    data.update(version=2)
+    (path / "program.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"format version 2\); this anac reads version 3, which converts "
+                                            r"per-column outputs in current units .* compile the model again"):
         load_program(path)
 
 
