@@ -3,8 +3,10 @@
 Options: ``encoding`` is one encoding for every layer ("2-PCM"), or per layer
 with an optional default ("4-PCM,fc0=2-PCM"; a mapping in the API); layers
 not named keep an encoding set earlier (prune_inputs' "auto") or take the
-hardware's default. ``scale`` is "tile" (one conductance scale per slice) or
-"column"; ``clip_sigma`` clips weights beyond that many standard deviations.
+hardware's default. ``scale`` is "column" (each output column's weights mapped
+to the full conductance range, undone digitally with the chip's per-column
+affine correction; the default) or "tile" (one conductance scale per slice);
+``clip_sigma`` clips weights beyond that many standard deviations.
 
 With a budget (``chips``, ``tiles`` or ``pcm_per_weight`` as an average), the
 layers not fixed by ``encoding`` get the encodings that minimise the sum of
@@ -58,7 +60,7 @@ class AssignDevices:
     requires: ClassVar[tuple[str, ...]] = ("partition",)
     produces: ClassVar[tuple[str, ...]] = ("encodings",)
     encoding: str | Mapping[str, str] | None = None
-    scale: str = "tile"
+    scale: str = "column"
     clip_sigma: float | None = None
     chips: int | None = None
     tiles: int | None = None

@@ -5,7 +5,10 @@ per-slice 8-bit input and output quantization at each slice's calibrated range,
 read weights with programming noise, drift and read noise, digital partial
 sums. A faster simulator must reproduce them to float32 rounding. Recomputed once
 when drift compensation became one probe ratio per tile instead of per slice
-(issue 18: the conv and the Gemm's slices share a tile).
+(issue 18: the conv and the Gemm's slices share a tile). These pins compile with one conductance scale per
+slice (``scale="tile"``), whose semantics the per-column default left unchanged; ``PINNED_COLUMN`` was
+recorded from the simulator when "column" became the default, each column's output converted in its own
+current (issue 18), and pins that.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ def _model() -> tuple[object, dict[str, np.ndarray]]:
     return model, x
 
 
-def _run(input_sign: str) -> np.ndarray:
+def _run(input_sign: str, scale: str = "tile") -> np.ndarray:
     model, x = _model()
     prog = compile_model(model, hardware=replace(load_hardware(), input_sign=input_sign), calibration_data=x,
-                         calibration_percentile=99.99)  # the ranges of the pinned run, not the default MSE rule
+                         calibration_percentile=99.99,  # the ranges of the pinned run, not the default MSE rule
+                         options={"scale": scale})
     sim = Simulator(prog, "hardware")
     sim.program(5)
     sim.at(86400.0)
@@ -75,6 +79,44 @@ PINNED = {
 }
 
 
+PINNED_COLUMN = {
+    "polarity": [
+        [-1.98054075, -0.545841098, -1.04126668, -0.427854627, 0.196575597,
+         -0.221442237, 1.0638032, -1.34829319, 1.21366918, 0.209661692],
+        [0.0449913032, -0.528045237, -1.40507746, -1.28771782, 0.978511155,
+         0.0388798043, -1.47153783, 0.238596708, -0.0902341604, 0.777764559],
+        [1.99915075, -0.759162068, -1.17219722, 1.06284428, -1.11608922,
+         0.322691977, 0.666620016, -0.306076646, 0.712270975, -0.716006875],
+        [1.42896032, -0.79119128, -1.92480934, 0.750773311, -0.458440363,
+         0.403059632, -2.07056975, -0.933293223, -0.289141506, -1.05782914],
+        [-0.480528474, -1.88217425, -0.756522417, 2.09481049, 0.0661002547,
+         -0.811973214, -0.369401097, -0.0248155519, -0.577724576, -0.480222076],
+        [-1.91812146, -0.681513369, -0.430974483, 0.956361711, -0.131086722,
+         0.0318914875, 0.258879423, -2.34557009, 0.453570813, -0.75252521],
+    ],
+    "two-pass": [
+        [-1.35819864, -0.0602025278, -0.458176851, -0.125158966, -0.180926755,
+         0.257465959, 0.526507437, -0.851607561, 0.896236897, 0.830594003],
+        [0.314585984, 0.23428373, -1.64821088, -0.309322476, 0.948484302,
+         0.703372359, -0.866207182, 0.890331447, -0.448387951, 0.69437933],
+        [1.4945035, 0.866691411, -0.616414666, 1.8102001, 0.172586218,
+         0.152638242, 0.466006875, -0.521532357, 0.45837903, -0.428552061],
+        [2.62915325, 0.170321301, -0.758196414, -0.188110948, 0.358939111,
+         -0.379655033, -1.31226611, -0.246527523, -2.47215796, -0.402358085],
+        [0.425118178, -0.672103763, 0.435185522, 1.15123773, 0.97371453,
+         0.893226624, 0.635284007, 0.388247192, -0.685518622, -0.0314550623],
+        [-1.02017558, 0.0208207332, 0.282074392, -0.133868009, 0.172586247,
+         0.907980561, -0.131021708, -0.463698357, -0.808307886, 0.15727374],
+    ],
+}
+
+
 @pytest.mark.parametrize("input_sign", ["polarity", "two-pass"])
 def test_hardware_mode_outputs_are_pinned(input_sign: str) -> None:
     np.testing.assert_allclose(_run(input_sign), np.array(PINNED[input_sign], np.float32), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("input_sign", ["polarity", "two-pass"])
+def test_per_column_outputs_are_pinned(input_sign: str) -> None:
+    np.testing.assert_allclose(_run(input_sign, "column"), np.array(PINNED_COLUMN[input_sign], np.float32),
+                               rtol=1e-6, atol=1e-7)
