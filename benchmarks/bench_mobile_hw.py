@@ -14,9 +14,14 @@ programmed chips, read 1 s after programming; the columns are an ablation:
 - ``no comp``: the same without drift compensation;
 - ``p99.99``: the same with the old calibration rule (99.99th percentile of |x|) instead of MSE;
 - ``dw exact``: the same as ``PCM 8b`` with the weights of grouped (depthwise) convolutions read exactly,
-  as aihwkit keeps those convolutions digital (their I/O is still converted).
+  as aihwkit keeps those convolutions digital (their I/O is still converted);
+- ``PCM 8b tile``: ``PCM 8b`` compiled with ``scale="tile"`` (one conductance scale per slice) instead of the
+  default ``"column"`` (each output column's weights mapped to the full conductance range, as aihwkit's
+  figures were taken; every column converted in its own current).
 
-    python benchmarks/bench_mobile_hw.py [--size 96] [--batch 2] [--seeds 3] [--models resnet18,...]
+``--attribute N`` also prints, per model, the N layers whose device noise costs the most (``attribute``).
+
+    python benchmarks/bench_mobile_hw.py [--size 96] [--batch 2] [--seeds 3] [--models resnet18,...] [--columns ...]
 """
 
 from __future__ import annotations
@@ -56,26 +61,31 @@ def _hw(bits: int, device: dict[str, tuple[float, ...]] | None = None) -> Hardwa
     return replace(hw, input_bits=bits, output_bits=bits, device=replace(hw.device, **(device or {})))
 
 
-# column: (hardware, calibrate on the test input, drift compensation, calibration percentile, dw exact)
-COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, bool]] = {
-    "ideal-dev 16b test": (lambda: _hw(16, QUIET), True, True, None, False),
-    "ideal-dev 16b": (lambda: _hw(16, QUIET), False, True, None, False),
-    "ideal-dev 8b": (lambda: _hw(8, QUIET), False, True, None, False),
-    "noise 8b": (lambda: _hw(8, NO_DRIFT), False, True, None, False),
-    "PCM 8b": (lambda: _hw(8), False, True, None, False),
-    "no comp": (lambda: _hw(8), False, False, None, False),
-    "p99.99": (lambda: _hw(8), False, True, 99.99, False),
-    "dw exact": (lambda: _hw(8), False, True, None, True),
+# column: (hardware, calibrate on the test input, drift compensation, calibration percentile, dw exact, scale)
+COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, bool, str]] = {
+    "ideal-dev 16b test": (lambda: _hw(16, QUIET), True, True, None, False, "column"),
+    "ideal-dev 16b": (lambda: _hw(16, QUIET), False, True, None, False, "column"),
+    "ideal-dev 8b": (lambda: _hw(8, QUIET), False, True, None, False, "column"),
+    "noise 8b": (lambda: _hw(8, NO_DRIFT), False, True, None, False, "column"),
+    "PCM 8b": (lambda: _hw(8), False, True, None, False, "column"),
+    "no comp": (lambda: _hw(8), False, False, None, False, "column"),
+    "p99.99": (lambda: _hw(8), False, True, 99.99, False, "column"),
+    "dw exact": (lambda: _hw(8), False, True, None, True, "column"),
+    "PCM 8b tile": (lambda: _hw(8), False, True, None, False, "tile"),
 }
 HEADLINE = "PCM 8b"
 
 
+def _exact(prog: Program, nodes: set[str]) -> dict[int, np.ndarray]:
+    """The float weights of the slices of the MVMs ``nodes`` (read exactly instead of from the devices)."""
+    return {s.id: prog.matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]].astype(np.float32)  # type: ignore[index]
+            for s in prog.slices or [] if prog.matrices[s.matrix].node in nodes}  # type: ignore[index]
+
+
 def rel_err(prog: Program, x: np.ndarray, ref: np.ndarray, seeds: int, comp: bool, dw_exact: bool) -> float:
     sim = Simulator(prog, "hardware")
-    grouped = {mid for m in (prog.mvms or {}).values() if len(m.matrices) > 1 or m.params.get("block")
-               for mid in m.matrices}  # a matrix per group, or the groups packed block-diagonally
-    exact = {s.id: prog.matrices[s.matrix].weights[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]].astype(np.float32)
-             for s in prog.slices or [] if s.matrix in grouped} if dw_exact else {}  # type: ignore[index]
+    grouped = {m.node for m in (prog.mvms or {}).values() if len(m.matrices) > 1 or m.params.get("block")}
+    exact = _exact(prog, grouped) if dw_exact else {}  # a matrix per group, or the groups packed block-diagonally
     errs = []
     for seed in range(seeds):
         chip = sim.program(seed)
@@ -88,6 +98,33 @@ def rel_err(prog: Program, x: np.ndarray, ref: np.ndarray, seeds: int, comp: boo
     return float(np.mean(errs))
 
 
+def attribute(prog: Program, x: np.ndarray, ref: np.ndarray, seeds: int) -> tuple[float, list[tuple[float, str]]]:
+    """Each layer's share of the device-noise error: the logits' error with that layer alone read from the
+    devices (the others exact, I/O converted as everywhere), less in quadrature the error with none; the
+    mean over ``seeds`` chips. Returns the error with none and (share, layer), largest first."""
+    sim = Simulator(prog, "hardware")
+    exact = _exact(prog, set(prog.mvms or {}))
+    node_of = {s.id: prog.matrices[s.matrix].node for s in prog.slices or []}  # type: ignore[index]
+    noisy: set[str] = set()
+    base, shares = [], dict.fromkeys(prog.mvms or {}, 0.0)
+    for seed in range(seeds):
+        chip = sim.program(seed)
+        reads = dict(chip.read_at(T))
+        chip.read_at = lambda t, c=True, reads=reads: (  # type: ignore[method-assign]
+            (i, w if node_of[i] in noisy else exact[i]) for i, w in reads.items())
+
+        def err() -> float:
+            sim.at(T)
+            return float(np.linalg.norm(sim.run({"input": x})["logits"] - ref) / np.linalg.norm(ref))
+
+        base.append(err())
+        for node in shares:
+            noisy.add(node)
+            shares[node] += np.sqrt(max(err() ** 2 - base[-1] ** 2, 0.0)) / seeds
+            noisy.clear()
+    return float(np.mean(base)), sorted(((v, k) for k, v in shares.items()), reverse=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=96, help="image side (pixels)")
@@ -95,36 +132,57 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=16, help="held-apart calibration images")
     ap.add_argument("--seeds", type=int, default=3, help="programmed chips per cell")
     ap.add_argument("--models", default=",".join(hw_zoo.MODELS))
+    ap.add_argument("--columns", default=",".join(COLUMNS), help="columns to measure (comma-separated)")
+    ap.add_argument("--attribute", type=int, default=0, metavar="N",
+                    help="also print the N layers with the largest share of the device-noise error (PCM 8b)")
     args = ap.parse_args()
+    cols = args.columns.split(",")
+    unknown = sorted(set(cols) - set(COLUMNS))
+    if unknown:
+        ap.error(f"unknown column(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
     logging.basicConfig(level=logging.ERROR)
     x = hw_zoo.images(args.batch, args.size, seed=123)
     calib = {"input": hw_zoo.images(args.calib, args.size, seed=999)}
     names = args.models.split(",")
     table: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             path = hw_zoo.export(name, Path(tmp) / f"{name}.onnx", args.size)
             ref = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
-            base = compile_model(path, input_shapes={"input": x.shape}, calibration_data=calib,
-                                 progress=lambda _m: None)
+            bases = {scale: compile_model(path, input_shapes={"input": x.shape}, options={"scale": scale},
+                                          progress=lambda _m: None)
+                     for scale in sorted({COLUMNS[c][5] for c in cols} | ({"column"} if args.attribute else set()))}
             row = table.setdefault(name, {})
-            for col, (hw, on_test, comp, pct, dw_exact) in COLUMNS.items():
+            for col in cols:
+                hw, on_test, comp, pct, dw_exact, scale = COLUMNS[col]
+                base = bases[scale]
                 prog = copy.copy(base)  # the same mapping; other device model, bits and ranges
                 prog.hardware = hw()
                 calibrate(prog, {"input": x} if on_test else calib, percentile=pct)
                 row[col] = rel_err(prog, x, ref, args.seeds, comp, dw_exact)
-            print(f"# {name}: {len(base.slices or [])} slices, " + ", ".join(f"{c} {v:.3f}" for c, v in row.items())
+            if args.attribute:
+                prog = copy.copy(bases["column"])
+                prog.hardware = _hw(8)
+                calibrate(prog, calib)
+                none, shares = attribute(prog, x, ref, args.seeds)
+                notes.append(f"{name}: exact weights {none:.3f}; each layer alone from the devices (share of the "
+                             f"error in quadrature): " + ", ".join(f"{k} {v:.3f}" for v, k in shares[:args.attribute])
+                             + f"; all {len(shares)} layers in quadrature {np.sqrt(sum(v * v for v, _ in shares)):.3f}")
+            slices = {scale: len(b.slices or []) for scale, b in bases.items()}
+            print(f"# {name}: slices {slices}, " + ", ".join(f"{c} {v:.3f}" for c, v in row.items())
                   + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print(f"Relative error of the logits at t = {T:g} s, {args.batch} test images of {args.size} x {args.size}, "
           f"mean over {args.seeds} programmed chips; calibration on {args.calib} held-apart images\n")
-    cols = list(COLUMNS)
     print("| model | " + " | ".join(cols) + " | x ResNet-18 | aihwkit 1.1.0 |")
     print("|---|" + "---|" * (len(cols) + 2))
     base_err = table.get("resnet18", {}).get(HEADLINE)
     for name, row in table.items():
-        ratio = f"{row[HEADLINE] / base_err:.2f}" if base_err else "-"
+        ratio = f"{row[HEADLINE] / base_err:.2f}" if base_err and HEADLINE in row else "-"
         print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + f" | {ratio} | {AIHWKIT[name]:.2f} |")
+    for note in notes:
+        print(f"\n{note}")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
