@@ -15,13 +15,19 @@ programmed chips, read 1 s after programming; the columns are an ablation:
 - ``p99.99``: the same with the old calibration rule (99.99th percentile of |x|) instead of MSE;
 - ``dw exact``: the same as ``PCM 8b`` with the weights of grouped (depthwise) convolutions read exactly,
   as aihwkit keeps those convolutions digital (their I/O is still converted);
+- ``stem exact``: the same with the first layer's weights read exactly (the layer ``--attribute`` finds costs
+  most on the mobile nets);
+- ``PCM 16b``: ``PCM 8b`` with 16-bit I/O (what any better input or output conversion could win at most);
 - ``PCM 8b tile``: ``PCM 8b`` compiled with ``scale="tile"`` (one conductance scale per slice) instead of the
   default ``"column"`` (each output column's weights mapped to the full conductance range, as aihwkit's
-  figures were taken; every column converted in its own current).
+  figures were taken; every column converted in its own current);
+- ``aihwkit-like``: the settings of the aihwkit figures as far as anac has them: one PCM pair per weight
+  (2-PCM: aihwkit's single-pair conductance converter), per-column scale, grouped convolutions exact.
 
 ``--attribute N`` also prints, per model, the N layers whose device noise costs the most (``attribute``).
 
     python benchmarks/bench_mobile_hw.py [--size 96] [--batch 2] [--seeds 3] [--models resnet18,...] [--columns ...]
+        [--attribute N]
 """
 
 from __future__ import annotations
@@ -61,17 +67,21 @@ def _hw(bits: int, device: dict[str, tuple[float, ...]] | None = None) -> Hardwa
     return replace(hw, input_bits=bits, output_bits=bits, device=replace(hw.device, **(device or {})))
 
 
-# column: (hardware, calibrate on the test input, drift compensation, calibration percentile, dw exact, scale)
-COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, bool, str]] = {
-    "ideal-dev 16b test": (lambda: _hw(16, QUIET), True, True, None, False, "column"),
-    "ideal-dev 16b": (lambda: _hw(16, QUIET), False, True, None, False, "column"),
-    "ideal-dev 8b": (lambda: _hw(8, QUIET), False, True, None, False, "column"),
-    "noise 8b": (lambda: _hw(8, NO_DRIFT), False, True, None, False, "column"),
-    "PCM 8b": (lambda: _hw(8), False, True, None, False, "column"),
-    "no comp": (lambda: _hw(8), False, False, None, False, "column"),
-    "p99.99": (lambda: _hw(8), False, True, 99.99, False, "column"),
-    "dw exact": (lambda: _hw(8), False, True, None, True, "column"),
-    "PCM 8b tile": (lambda: _hw(8), False, True, None, False, "tile"),
+# column: (hardware, calibrate on the test input, drift compensation, calibration percentile, layers read
+# exactly ("grouped": the grouped convolutions, "first": the first MVM), scale, encoding (None: the default))
+COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, str | None, str, str | None]] = {
+    "ideal-dev 16b test": (lambda: _hw(16, QUIET), True, True, None, None, "column", None),
+    "ideal-dev 16b": (lambda: _hw(16, QUIET), False, True, None, None, "column", None),
+    "ideal-dev 8b": (lambda: _hw(8, QUIET), False, True, None, None, "column", None),
+    "noise 8b": (lambda: _hw(8, NO_DRIFT), False, True, None, None, "column", None),
+    "PCM 8b": (lambda: _hw(8), False, True, None, None, "column", None),
+    "no comp": (lambda: _hw(8), False, False, None, None, "column", None),
+    "p99.99": (lambda: _hw(8), False, True, 99.99, None, "column", None),
+    "dw exact": (lambda: _hw(8), False, True, None, "grouped", "column", None),
+    "stem exact": (lambda: _hw(8), False, True, None, "first", "column", None),
+    "PCM 16b": (lambda: _hw(16), False, True, None, None, "column", None),
+    "PCM 8b tile": (lambda: _hw(8), False, True, None, None, "tile", None),
+    "aihwkit-like": (lambda: _hw(8), False, True, None, "grouped", "column", "2-PCM"),
 }
 HEADLINE = "PCM 8b"
 
@@ -82,10 +92,13 @@ def _exact(prog: Program, nodes: set[str]) -> dict[int, np.ndarray]:
             for s in prog.slices or [] if prog.matrices[s.matrix].node in nodes}  # type: ignore[index]
 
 
-def rel_err(prog: Program, x: np.ndarray, ref: np.ndarray, seeds: int, comp: bool, dw_exact: bool) -> float:
+def rel_err(prog: Program, x: np.ndarray, ref: np.ndarray, seeds: int, comp: bool, exact_layers: str | None) -> float:
     sim = Simulator(prog, "hardware")
-    grouped = {m.node for m in (prog.mvms or {}).values() if len(m.matrices) > 1 or m.params.get("block")}
-    exact = _exact(prog, grouped) if dw_exact else {}  # a matrix per group, or the groups packed block-diagonally
+    mvms = list((prog.mvms or {}).values())
+    # grouped: a matrix per group, or the groups packed block-diagonally
+    nodes = {"grouped": {m.node for m in mvms if len(m.matrices) > 1 or m.params.get("block")},
+             "first": {mvms[0].node}, None: set()}[exact_layers]
+    exact = _exact(prog, nodes)
     errs = []
     for seed in range(seeds):
         chip = sim.program(seed)
@@ -151,26 +164,27 @@ def main() -> None:
         for name in names:
             path = hw_zoo.export(name, Path(tmp) / f"{name}.onnx", args.size)
             ref = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
-            bases = {scale: compile_model(path, input_shapes={"input": x.shape}, options={"scale": scale},
-                                          progress=lambda _m: None)
-                     for scale in sorted({COLUMNS[c][5] for c in cols} | ({"column"} if args.attribute else set()))}
+            keys = {COLUMNS[c][5:] for c in cols} | ({("column", None)} if args.attribute else set())
+            bases = {(scale, enc): compile_model(path, input_shapes={"input": x.shape}, progress=lambda _m: None,
+                                                 options={"scale": scale, "encoding": enc})
+                     for scale, enc in sorted(keys, key=str)}
             row = table.setdefault(name, {})
             for col in cols:
-                hw, on_test, comp, pct, dw_exact, scale = COLUMNS[col]
-                base = bases[scale]
+                hw, on_test, comp, pct, exact_layers, scale, enc = COLUMNS[col]
+                base = bases[(scale, enc)]
                 prog = copy.copy(base)  # the same mapping; other device model, bits and ranges
                 prog.hardware = hw()
                 calibrate(prog, {"input": x} if on_test else calib, percentile=pct)
-                row[col] = rel_err(prog, x, ref, args.seeds, comp, dw_exact)
+                row[col] = rel_err(prog, x, ref, args.seeds, comp, exact_layers)
             if args.attribute:
-                prog = copy.copy(bases["column"])
+                prog = copy.copy(bases[("column", None)])
                 prog.hardware = _hw(8)
                 calibrate(prog, calib)
                 none, shares = attribute(prog, x, ref, args.seeds)
                 notes.append(f"{name}: exact weights {none:.3f}; each layer alone from the devices (share of the "
                              f"error in quadrature): " + ", ".join(f"{k} {v:.3f}" for v, k in shares[:args.attribute])
                              + f"; all {len(shares)} layers in quadrature {np.sqrt(sum(v * v for v, _ in shares)):.3f}")
-            slices = {scale: len(b.slices or []) for scale, b in bases.items()}
+            slices = {"/".join(k for k in key if k): len(b.slices or []) for key, b in bases.items()}
             print(f"# {name}: slices {slices}, " + ", ".join(f"{c} {v:.3f}" for c, v in row.items())
                   + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print(f"Relative error of the logits at t = {T:g} s, {args.batch} test images of {args.size} x {args.size}, "
