@@ -19,7 +19,9 @@ output columns added digitally.
   into simulated devices (backends/analog.py), ``at(t)`` reads them t seconds
   later; inputs are quantized to the spec's input bits at each MVM's
   calibrated range, each slice's output to the output bits at its calibrated
-  range with saturation, then partial sums, bias and non-fused-at-tile
+  range with saturation (in current units: with a conductance scale per column,
+  column j's range in weights is the slice's over its gain, Program.column_gains),
+  then partial sums, bias and non-fused-at-tile
   activations are applied digitally. A fused activation runs at the tile
   output (before output conversion) when the layer has one row block, no
   bias and alpha 1; otherwise it is applied after the digital sum. A dense

@@ -87,9 +87,9 @@ def column_scales(w: np.ndarray, encoding: Encoding, g_max: float, per_column: b
 
 
 def column_gains(scale: np.ndarray) -> np.ndarray:
-    """Each column's current per unit of weight output, relative to the slice's smallest scale (its largest
-    weights; the per-tile scale): a slice's output range in weight units at that scale, divided by these,
-    is each column's range. All ones for a per-tile scale."""
+    """Each column's current per unit of weight output, relative to the slice's smallest scale (that of its
+    largest weights, the per-tile scale, unless a column is all zero): a slice's output range in weight
+    units at that scale, divided by these, is each column's range. All ones for a per-tile scale."""
     return (scale / scale.min()).astype(np.float32)
 
 
