@@ -142,7 +142,8 @@ def _budgeted_spec(hardware: str | None, chips: int | None, max_chips: int | Non
               help="Program directory (default MODEL.anac; with --plan-only MODEL.plan.anac).")
 @_mapping_options
 @click.option("--scale", type=click.Choice(["tile", "column"]), default=None,
-              help="Conductance scale per tile (slice) or per output column.")
+              help="Conductance scale per tile (slice) or per output column (default: column; each column's "
+                   "outputs converted at the slice's range over its gain).")
 @click.option("--clip-sigma", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="Clip weights beyond this many standard deviations before mapping to conductances.")
 @_calibration_option
