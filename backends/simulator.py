@@ -125,9 +125,9 @@ class Simulator:
         # otherwise slices are views of their matrix (no copy).
         per_slice = mode == "ideal" and observer is not None
         by_matrix: dict[str, list[_SlicePlan]] = {}
-        # Copies (replicate) hold the same weights: the plans are copy 0's. Hardware mode runs a replicated
-        # layer once per copy with that copy's read weights in copy 0's buffers, each copy giving its share
-        # of the products (_run_copies); in ideal mode the split is the identity.
+        # Copies (replicate, average) hold the same weights: the plans are copy 0's. Hardware mode runs a
+        # layer with copies once per copy with that copy's read weights in copy 0's buffers, each copy giving
+        # its share of the products, or all of them, averaged (_run_copies); in ideal mode both are the identity.
         self._copies = {m: k for m, k in copy_counts(prog).items() if k > 1}
         self._copy_reads: dict[tuple[str, int], np.ndarray] = {}  # (matrix, copy) -> its read weights
         for s in prog.slices or []:
@@ -207,7 +207,7 @@ class Simulator:
         self.t = t
 
     def _load_copy(self, mvm: MVM, copy: int) -> None:
-        """Hardware mode: put copy ``copy``'s read weights of a replicated layer in its buffers (copy 0's slots)."""
+        """Hardware mode: put copy ``copy``'s read weights of a layer with copies in its buffers (copy 0's slots)."""
         for mid in mvm.matrices:
             reads = self._copy_reads[(mid, copy)]
             for p in self._plans[mvm.node][mvm.matrices.index(mid)]:
@@ -216,17 +216,25 @@ class Simulator:
                     buf[index] = w.T if transposed else w
 
     def _run_copies(self, mvm: MVM, x: np.ndarray, step: int) -> np.ndarray:
-        """Hardware mode, a replicated layer: its products (rows of x: batch x output positions, or batch rows)
-        split in contiguous bands across its copies, each band computed with that copy's devices; with fewer
-        products than copies (a recurrent step) the whole step on copy ``step`` mod copies."""
+        """Hardware mode, a layer with copies. Averaged copies (Matrix.copy_mode "average"): every copy computes
+        every product with its own devices, and the output is the mean of the copies' converted outputs, taken
+        before a digital activation (one at the tile output runs on each copy). Replicated copies: its products
+        (rows of x: batch x output positions, or batch rows) split in contiguous bands across its copies, each
+        band computed with that copy's devices; with fewer products than copies (a recurrent step) the whole
+        step on copy ``step`` mod copies."""
         k = max(self._copies[m] for m in mvm.matrices)
+        average = self.prog.matrices[mvm.matrices[0]].copy_mode == "average"  # type: ignore[index]
+        digital_act = average and mvm.activation is not None and not self._tile_act[mvm.node]
         outs = []
         try:
             for c in range(k):
                 self._load_copy(mvm, c)
-                outs.append(self._run_mvm_once(mvm, x))
+                outs.append(self._run_mvm_once(mvm, x, activate=not digital_act))
         finally:
             self._load_copy(mvm, 0)
+        if average:
+            y = np.mean(outs, axis=0, dtype=np.float32)
+            return apply_activation(y, mvm.activation) if digital_act else y  # type: ignore[arg-type]
         rows = [_product_rows(mvm, y) for y in outs]
         n = len(rows[0])
         if n < k:
@@ -684,7 +692,8 @@ class Simulator:
             return self._run_copies(mvm, x, step)
         return self._run_mvm_once(mvm, x)
 
-    def _run_mvm_once(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
+    def _run_mvm_once(self, mvm: MVM, x: np.ndarray, activate: bool = True) -> np.ndarray:
+        """One run of the layer on copy 0's buffers; ``activate`` False leaves a digital activation out."""
         matrices = [self.prog.matrices[m] for m in mvm.matrices]  # type: ignore[index]
         groups = self._plans[mvm.node] if self.mode == "ideal" else self._stacks[mvm.node]
         # Each group: its kept input rows (None = all, else the rows prune_inputs kept) and its slices.
@@ -738,7 +747,7 @@ class Simulator:
                 np.add(y, bias, out=y)
             else:
                 y = y + bias
-        if mvm.activation is not None and not (self.mode == "hardware" and self._tile_act[mvm.node]):
+        if activate and mvm.activation is not None and not (self.mode == "hardware" and self._tile_act[mvm.node]):
             if mvm.activation["op"] == "Relu" and y.dtype == np.float32 and y.flags.writeable:
                 np.maximum(y, np.float32(0), out=y)
             else:

@@ -55,7 +55,8 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
     One pipeline run. With a budget option (chips, tiles, pcm_per_weight),
     assign_devices asks for each layer's sensitivity to each encoding
     (backends/estimates.py), measured on the program it is compiling, on layer
-    inputs captured from the calibration data when given; with pruning and
+    inputs captured from the calibration data when given (and so does average
+    auto, to choose the layers to average); with pruning and
     calibration data, input rows are ranked by weight norm times input RMS.
     """
     options = dict(kwargs.pop("options", None) or {})
@@ -65,6 +66,8 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
     if budgeted and options.get("sensitivity") is None:
         options["sensitivity"] = measure.sensitivity
         options.setdefault("error_tolerance", SENSITIVITY_PRECISION)
+    if str(options.get("average") or "").strip() == "auto" and options.get("sensitivity") is None:
+        options["sensitivity"] = measure.sensitivity  # average auto scores layers by it
     if options.get("prune") and calibration_data is not None and options.get("row_scale") is None:
         options["row_scale"] = measure.row_scale
     if calibration_data is not None and any(callable(options.get(k)) for k in ("sensitivity", "row_scale")):

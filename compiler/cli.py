@@ -152,6 +152,11 @@ def _budgeted_spec(hardware: str | None, chips: int | None, max_chips: int | Non
 @click.option("--replicate", default=None, metavar="auto|LAYER=K,...",
               help="Copies of layers' weights on spare tiles, sharing their products: auto (CP-SAT: the slowest "
                    "pipeline stage as fast as the tile budget allows) or K copies of named layers.")
+@click.option("--average", default=None, metavar="auto|LAYER=K,...",
+              help="Averaged copies on spare tiles: each of a layer's K copies computes every product and the "
+                   "output is their mean (device noise / sqrt(K), same throughput, K x the layer's energy): auto "
+                   "(the most noise-sensitive layers, greedily, within the tile budget) or K copies of named "
+                   "layers.")
 @click.option("--objective", type=click.Choice(["accuracy", "throughput", "balanced"]), default=None,
               help="What spare tiles are for, in one choice of encodings and copies under the budget: accuracy "
                    "(default: the best encodings, copies from what is left), throughput (the fastest pipeline, "
@@ -162,15 +167,15 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
                 batch: int | None, encoding: str | None, split_strategy: str | None, prune: str | None,
                 chips: int | None, tiles: int | None, pcm_per_weight: float | None, time_limit: float | None,
                 max_chips: int | None, dump_dir: str | None, scale: str | None, clip_sigma: float | None,
-                calibration_data: str | None, plan_only: bool, replicate: str | None, objective: str | None,
-                as_json: bool) -> None:
+                calibration_data: str | None, plan_only: bool, replicate: str | None, average: str | None,
+                objective: str | None, as_json: bool) -> None:
     """Compile MODEL (.onnx) into a program directory."""
     from anac.api import compile_to, load_inputs, summary
     from anac.core.estimates import performance
 
     options = {"encoding": encoding, "strategy": split_strategy, "scale": scale, "clip_sigma": clip_sigma,
                "prune": prune, "chips": chips, "tiles": tiles, "pcm_per_weight": pcm_per_weight,
-               "time_limit_s": time_limit, "replicate": replicate, "objective": objective}
+               "time_limit_s": time_limit, "replicate": replicate, "average": average, "objective": objective}
     if plan_only:
         if calibration_data:
             raise click.UsageError("--calibration-data calibrates the weights' I/O ranges; --plan-only reads no "
@@ -183,7 +188,7 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
                            options=options, dump_dir=dump_dir, calibration_data=calib)
     perf = performance(prog)
     s = {**summary(prog), **{k: perf[k] for k in ("throughput_per_s", "latency_s", "bottleneck")},
-         "replication": prog.replication}
+         "replication": prog.replication, "averaging": prog.averaging}
     p, sched = prog.placement_info or {}, prog.schedule or {}
     solved = {"placement": {k: p[k] for k in ("method", "status", "link_bytes", "bound_bytes", "gap") if k in p},
               "schedule": {k: sched[k] for k in ("status", "latency_ns", "bound_ns", "gap") if k in sched}}
@@ -202,6 +207,12 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
         r = prog.replication
         click.echo(f"  copies ({r['status']}): " + (", ".join(f"{n} x{k}" for n, k in r["copies"].items())
                                                     or "none") + f"; {r['tiles']} of {r['budget_tiles']} tiles")
+    if prog.averaging:
+        a = prog.averaging
+        err = a.get("estimated_error")
+        click.echo(f"  averaged copies ({a['mode']}): " + (", ".join(f"{n} x{k}" for n, k in a["copies"].items())
+                                                          or "none") + f"; {a['tiles']} of {a['budget_tiles']} tiles"
+                   + (f"; estimated error {err['without']:.4f} -> {err['with']:.4f}" if err else ""))
     hw_ = s["host_weights"]
     if hw_["weights"]:
         click.echo(f"  {hw_['weights']:,} weights stay on the host ({hw_['share']:.1%}), largest: "

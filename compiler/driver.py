@@ -22,6 +22,7 @@ from anac.core.frontend import check_supported, import_model, load_onnx
 from anac.core.hardware import HardwareSpec, load_hardware
 from anac.core.program import Program
 from anac.passes.assign_devices import AssignDevices
+from anac.passes.average import Average
 from anac.passes.partition import Partition
 from anac.passes.place import Place
 from anac.passes.prune_inputs import PruneInputs
@@ -43,8 +44,8 @@ class Pass(Protocol):
 # Options the API measures and hands to passes; what they lead to is reported, not stored as options.
 MEASURED_OPTIONS = ("sensitivity", "row_scale", "error_tolerance")
 
-PIPELINE: tuple[Pass, ...] = (Partition(), PruneInputs(), AssignDevices(), SplitMatrices(), Replicate(), Place(),
-                              ScheduleLinks())
+PIPELINE: tuple[Pass, ...] = (Partition(), PruneInputs(), AssignDevices(), SplitMatrices(), Replicate(), Average(),
+                              Place(), ScheduleLinks())
 
 
 def pass_options(pipeline: Sequence[Pass] = PIPELINE) -> dict[str, list[str]]:

@@ -83,7 +83,9 @@ def chip_svg(prog: Program, chip: dict[str, Any]) -> str:
             share[s["layer"]] = share.get(s["layer"], 0) + (s["rows"][1] - s["rows"][0]) * (s["cols"][1] - s["cols"][0])
         layers = sorted(share, key=lambda n: (-share[n], n))  # the layer with most weights on the tile first
         tip = "\n".join(f'{s["matrix"]} rows {s["rows"][0]}:{s["rows"][1]} cols {s["cols"][0]}:{s["cols"][1]} '
-                        f'({s["encoding"]}, slot {s["slot"]})' for s in t["slices"])
+                        f'({s["encoding"]}, slot {s["slot"]}'
+                        + (f', {"averaged" if s["copy_mode"] == "average" else "split"} copy {s["copy"]}'
+                           if s["copy"] else "") + ")" for s in t["slices"])
         opacity = 0.35 + 0.65 * t["utilisation"]
         names = html.escape(", ".join(layers))
         parts.append(f'<g><title>tile {i}, {t["encoding"]}, {t["utilisation"]:.1%} used, layers {names}\n'
@@ -247,10 +249,11 @@ def busy_svg(prog: Program) -> str:
     for i, (n, v) in enumerate(layers.items()):
         y = 4 + i * bar_h
         w = max(1.0, width * v["busy_s"] / top)
-        extra = f" ({v['copies']} copies)" if v["copies"] > 1 else ""
+        kind = "averaged copies" if v["copy_mode"] == "average" else "copies"
+        extra = f" ({v['copies']} {kind})" if v["copies"] > 1 else ""
         parts.append(f'<text x="0" y="{y + 12}" font-size="11">{html.escape(n)}</text>'
                      f'<g><title>{html.escape(n)}: {v["busy_s"] * 1e6:,.1f} us per inference, {v["mvms"]:,} MVMs, '
-                     f'{v["copies"]} copies, tile {v["tile"]}</title>'
+                     f'{v["copies"]} {kind}, tile {v["tile"]}</title>'
                      f'<rect class="busy" data-layer="{html.escape(n)}" data-busy-s="{v["busy_s"]}" x="{label}" '
                      f'y="{y}" width="{w:.1f}" height="{bar_h - 3}" fill="{color[n]}"/></g>'
                      f'<text x="{label + w + 4:.1f}" y="{y + 12}" font-size="11">{v["busy_s"] * 1e6:,.1f} us'

@@ -28,6 +28,7 @@ def placement_table(prog: Program) -> dict[str, Any]:
             "utilisation": round(devices / hw.devices_per_tile, 4),
             "slices": [{"id": s.id, "layer": prog.matrices[s.matrix].node, "matrix": s.matrix,  # type: ignore[index]
                         "rows": list(s.rows), "cols": list(s.cols), "encoding": s.encoding, "slot": s.slot,
+                        "copy": s.copy, "copy_mode": prog.matrices[s.matrix].copy_mode,  # type: ignore[index]
                         "tile_rows": [s.row_offset, s.row_offset + s.n_rows],  # type: ignore[operator]
                         "tile_cols": [s.col_offset, s.col_offset + s.n_cols]}  # type: ignore[operator]
                        for s in slices],
@@ -79,7 +80,7 @@ def render_text(prog: Program, tiles: bool = False) -> str:
         for t in chip["tiles"]:
             for j, s in enumerate(t["slices"]):
                 head = f"  {t['tile']:>4}  {t['utilisation']:>6.1%}" if j == 0 else " " * 14
-                lines.append(f"{head}  {s['encoding']:<6} {_short(s['matrix'], 28):<28} "
+                lines.append(f"{head}  {s['encoding']:<6} {_short(_copy_label(s), 28):<28} "
                              f"{_rng(s['rows']):>13} {_rng(s['cols']):>13}")
     lines.append("")
     lines.append(f"map: one character per tile, '_' unused, '{_SHADES[1]}' to '{_SHADES[9]}' = "
@@ -163,7 +164,9 @@ def busy_bars(prog: Program, width: int = 40, limit: int | None = None) -> list[
     for n, v in layers.items():
         bar = "#" * max(1, round(width * v["busy_s"] / top))
         lines.append(f"  {_short(n, 24):<24} {bar:<{width}} {v['busy_s'] * 1e6:>10,.1f} us  {v['mvms']:,} MVMs"
-                     + (f" over {v['copies']} copies" if v["copies"] > 1 else "") + f", tile {v['tile']}")
+                     + (f" over {v['copies']} copies" if v["copies"] > 1 and v.get("copy_mode") != "average"
+                        else f" on each of {v['copies']} averaged copies" if v["copies"] > 1 else "")
+                     + f", tile {v['tile']}")
     if len(layers) < len(perf["layers"]):
         lines.append(f"  ... {len(perf['layers']) - len(layers)} less busy layer(s) (--tiles shows all)")
     if perf["throughput_per_s"]:
@@ -174,7 +177,19 @@ def busy_bars(prog: Program, width: int = 40, limit: int | None = None) -> list[
         lines.append(f"copies ({r['status']}, {r['budget']}): "
                      + (", ".join(f"{n} x{k}" for n, k in r["copies"].items()) or "none")
                      + f"; {r['tiles']} tiles (without copies {r['tiles_without_copies']})")
+    a = prog.averaging
+    if a:
+        lines.append(f"averaged copies ({a['mode']}, {a['budget']}): "
+                     + (", ".join(f"{n} x{k}" for n, k in a["copies"].items()) or "none")
+                     + f"; {a['tiles']} tiles (without them {a['tiles_without_copies']})")
     return lines
+
+
+def _copy_label(s: dict[str, Any]) -> str:
+    """A slice's matrix, and which copy it is when it is one (replicated copies split, averaged ones average)."""
+    if not s.get("copy"):
+        return str(s["matrix"])
+    return f"{s['matrix']} #{s['copy']} {'avg' if s['copy_mode'] == 'average' else 'split'}"
 
 
 def _rng(r: list[int]) -> str:

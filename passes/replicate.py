@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -295,22 +296,23 @@ class Replicate:
                                  "estimated_error": round((solver.value(error) / 1e9) ** 0.5, 6)}
 
 
-def parse_copies(spec: str, layers: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """"conv1=4,fc=2" -> {layer: copies} for the named layers; unknown layers and counts below 1 are errors."""
+def parse_copies(spec: str, layers: Mapping[str, Any], option: str = "--replicate") -> dict[str, int]:
+    """"conv1=4,fc=2" -> {layer: copies} for the named layers; unknown layers and counts below 1 are errors
+    (naming ``option``)."""
     copies = {}
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         name, sep, count = part.rpartition("=")
         if not sep or not name:
-            raise AnacError(f"--replicate '{part}' is not LAYER=COPIES (or 'auto'); for example conv1=4")
+            raise AnacError(f"{option} '{part}' is not LAYER=COPIES (or 'auto'); for example conv1=4")
         if name not in layers:
-            raise AnacError(f"--replicate names '{name}', which is not a crossbar layer; the crossbar layers are: "
+            raise AnacError(f"{option} names '{name}', which is not a crossbar layer; the crossbar layers are: "
                             f"{', '.join(layers) or '(none)'}")
         try:
             k = int(count)
         except ValueError:
-            raise AnacError(f"--replicate {part}: '{count}' is not a whole number of copies") from None
+            raise AnacError(f"{option} {part}: '{count}' is not a whole number of copies") from None
         if k < 1:
-            raise AnacError(f"--replicate {part}: a layer needs at least 1 copy (itself), got {k}")
+            raise AnacError(f"{option} {part}: a layer needs at least 1 copy (itself), got {k}")
         copies[name] = k
     return copies
 

@@ -40,7 +40,7 @@ from anac.core.hardware import HardwareSpec
 from anac.core.ir import Graph, Node, TensorInfo
 from anac.core.lowering import ANALOG_OPS, lower
 from anac.core.placeholder import placeholder
-from anac.core.program import FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
+from anac.core.program import COPY_MODES, FORMAT_NAME, FORMAT_VERSION, MVM, Matrix, Program, Slice, Stage
 from anac.core.recurrent import Cell, Recurrent
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def program_json(prog: Program) -> dict[str, Any]:
         "mvms": [m.to_json() for m in (prog.mvms or {}).values()],
         "matrices": [{"id": m.id, "node": m.node, "group": m.group, "shape": list(m.shape),
                       "encoding": m.encoding, "per_column": m.per_column, "clip_sigma": m.clip_sigma,
-                      "input_rows": m.input_rows, "pruned": m.kept_rows is not None}
+                      "input_rows": m.input_rows, "pruned": m.kept_rows is not None, "copy_mode": m.copy_mode}
                      for m in (prog.matrices or {}).values()],
         "slices": [s.to_json() for s in prog.slices or []],
         "placement": _untimed({"chips": prog.chips_used, **(prog.placement_info or {})}),
@@ -79,6 +79,7 @@ def program_json(prog: Program) -> dict[str, Any]:
         "pruning": prog.pruning,
         "assignment": _untimed(prog.assignment),
         "replication": _untimed(prog.replication),
+        "averaging": prog.averaging,
         "tensor_elements": prog.tensor_elements,
         "recurrent": [r.to_json() for r in prog.recurrent.values()],
         "schedule": _untimed(prog.schedule),
@@ -175,7 +176,8 @@ def report_json(prog: Program) -> dict[str, Any]:
                        "matrices": len(mats), "shape": list(mats[0].shape), "encoding": mats[0].encoding,
                        "slices": len(sl), "tiles": len({(s.chip, s.tile) for s in sl})})
     return {**summary(prog), "layers": layers, "placement": {"chips": prog.chips_used, **(prog.placement_info or {})},
-            "assignment": prog.assignment, "replication": prog.replication, "pruning": prog.pruning,
+            "assignment": prog.assignment, "replication": prog.replication,
+            "averaging": prog.averaging, "pruning": prog.pruning,
             "calibration": prog.calibration,
             "absorbed_embeddings": {r.node: r.absorbed for r in prog.recurrent.values() if r.absorbed},
             "schedule": {k: v for k, v in (prog.schedule or {}).items() if k != "timeline"},
@@ -494,8 +496,12 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
             if w.dtype != np.float32:
                 raise ArtifactError(f"{npz}: member matrix_{i} is {w.dtype}; weights are float32")
         kept = arrays[f"kept_rows_{i}"] if m["pruned"] and plan is None else None
+        mode = m.get("copy_mode", "split")  # absent in programs written before average: copies split
+        if mode not in COPY_MODES:
+            raise ArtifactError(f"{path / 'program.json'}: matrix {m['id']} has copy_mode {mode!r}; expected one of "
+                                f"{', '.join(COPY_MODES)}")
         matrices[m["id"]] = Matrix(m["id"], m["node"], m["group"], w, m["encoding"], m["per_column"],
-                                   m["clip_sigma"], kept, m["input_rows"])
+                                   m["clip_sigma"], kept, m["input_rows"], mode)
     mvms = {}
     where[0] = "mvms"
     for i, m in enumerate(data["mvms"]):
@@ -521,6 +527,7 @@ def _decode(path: Path, data: dict[str, Any], where: list[str]) -> Program:
         where[0] = key
         setattr(prog, key, data[key])
     prog.replication = data.get("replication")  # absent in programs written before replicate
+    prog.averaging = data.get("averaging")  # absent in programs written before average
     prog.recurrent = {}
     where[0] = "recurrent"
     for i, r in enumerate(data["recurrent"]):

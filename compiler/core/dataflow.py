@@ -72,13 +72,14 @@ def copy_vectors(vectors: int, copies: int, copy: int) -> int:
 
 
 def slice_vectors(prog: Program) -> dict[int, int]:
-    """{slice id: the MVMs it runs per inference}: its layer's vectors, shared among the copies of its matrix."""
+    """{slice id: the MVMs it runs per inference}: its layer's vectors, shared among the copies of its matrix
+    (replicate), or all of them on every copy (averaged copies: Matrix.copy_mode "average")."""
     copies = copy_counts(prog)
     out = {}
     for s in prog.slices or []:
         m = prog.matrices[s.matrix]  # type: ignore[index]
         vectors = max(1, (prog.mvms or {})[m.node].params.get("traffic", {}).get("vectors", 1))
-        out[s.id] = copy_vectors(vectors, copies.get(s.matrix, 1), s.copy)
+        out[s.id] = vectors if m.copy_mode == "average" else copy_vectors(vectors, copies.get(s.matrix, 1), s.copy)
     return out
 
 

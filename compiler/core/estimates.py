@@ -5,14 +5,16 @@ another), so the busiest resource bounds the steady state. Per crossbar
 layer: its matrix-vector products per inference (conv output positions x
 batch, recurrent time steps x batch, tokens), each ``mvm_time_ns`` of the spec
 on its tiles (the IBM preset: the paper's 300 ns step), its copies sharing the
-products; slices of one tile that share rows or columns run one after
-another. The host runs host stages, recurrent gates and digital partial
+products (replicate) or each running all of them in parallel on its own tiles
+(averaged copies: the time of one copy, the energy of all); slices of one tile
+that share rows or columns run one after another. The host runs host stages, recurrent gates and digital partial
 sums; links carry every transfer (core/dataflow.py). Latency is the
 makespan of schedule_links' timeline for one inference.
 
 Energy per inference, from the spec's energy figures and the link schedule.
 
-MACs: every slice runs one MVM per input vector of its copy (rows x columns MACs each).
+MACs: every slice runs one MVM per input vector of its copy (rows x columns MACs each; every vector for
+an averaged copy).
 Tile I/O: every input and output word of every slice passes a landing pad.
 Links: the bytes of every transfer in the dataflow. Host: one operation per
 output element of host stages, digital partial sums and recurrent gates.
@@ -31,7 +33,8 @@ from anac.core.program import Program, copy_counts
 
 def performance(prog: Program) -> dict[str, Any]:
     """Steady-state throughput (inferences/s), latency of one inference (s), the bounding stage, and per
-    layer its products per inference, copies, tiles and busy time (s) on its busiest tile."""
+    layer its products per inference, copies (and whether they split the products or are averaged), tiles
+    and busy time (s) on its busiest tile."""
     busy: dict[str, float] = defaultdict(float)
     for t in tasks(prog):
         for r in t.resources:
@@ -47,7 +50,9 @@ def performance(prog: Program) -> dict[str, Any]:
         for key in tiles:
             on_tile[f"tile:{key[0]}.{key[1]}"].append(node)
         layers[node] = {"mvms": max(1, mvm.params.get("traffic", {}).get("vectors", 1)),
-                        "copies": max(copies.get(m, 1) for m in mvm.matrices), "tiles": len(tiles),
+                        "copies": max(copies.get(m, 1) for m in mvm.matrices),
+                        "copy_mode": prog.matrices[mvm.matrices[0]].copy_mode,  # type: ignore[index]
+                        "tiles": len(tiles),
                         "busy_s": own[worst] * 1e-9, "tile": f"{worst[0]}.{worst[1]}",
                         "tile_busy_s": busy[f"tile:{worst[0]}.{worst[1]}"] * 1e-9}
     if not busy:

@@ -36,6 +36,9 @@ class Matrix:
     clip_sigma: float | None = None  # clip weights beyond this many standard deviations
     kept_rows: np.ndarray | None = None  # after pruning: the input rows (of input_rows) that remain
     input_rows: int = 0  # K before pruning: the width of the MVM's input rows
+    # What its copies (slices with ``copy`` > 0) do: "split" (replicate: they share the products) or
+    # "average" (average: each computes every product; the output is the digital mean of the copies').
+    copy_mode: str = "split"
 
     def __post_init__(self) -> None:
         self.input_rows = self.input_rows or int(self.weights.shape[0])
@@ -120,8 +123,10 @@ class Slice:
     # (Program.column_gains: a per-column matrix's column j converts at output_range / gain j).
     output_range: float | None = None
     slot: int = 0  # time slot on its tile: slices sharing rows or columns of a tile run at different times
-    copy: int = 0  # which copy of its matrix (replicate): copies hold the same weights and share the products
-    own_tile: bool = False  # place puts it on a tile of its own (replicate: no time-sharing with other layers)
+    # Which copy of its matrix: copies hold the same weights and share the products (replicate) or each
+    # compute all of them, averaged (average): Matrix.copy_mode.
+    copy: int = 0
+    own_tile: bool = False  # place puts it on a tile of its own (no time-sharing with other layers)
 
     @property
     def n_rows(self) -> int:
@@ -170,6 +175,8 @@ class Program:
     slices: list[Slice] | None = None
     # replicate: copies per layer, the tile budget and the solver status
     replication: dict[str, Any] | None = None
+    # average: averaged copies per layer, the tile budget and the estimated error before and after
+    averaging: dict[str, Any] | None = None
     # place
     chips_used: int | None = None
     placement_info: dict[str, Any] | None = None
@@ -287,8 +294,11 @@ def _verify_slices(prog: Program) -> None:
                                      f"weights")
 
 
+COPY_MODES = ("split", "average")
+
+
 def copy_counts(prog: Program) -> dict[str, int]:
-    """Copies of each matrix that has slices (1 unless replicate made more)."""
+    """Copies of each matrix that has slices (1 unless replicate or average made more)."""
     out: dict[str, int] = {}
     for s in prog.slices or []:
         out[s.matrix] = max(out.get(s.matrix, 1), s.copy + 1)
