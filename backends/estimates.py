@@ -60,7 +60,7 @@ def layer_sensitivity(prog: Program, inputs: Mapping[str, np.ndarray] | None = N
                 dev = ProgrammedDevices(model, targets.astype(np.float16), scale, enc, hw.device.g_max_us, dev_rng)
                 mask = prog.block_mask(m.id, (0, m.shape[0]), (0, m.shape[1]))
                 if mask is not None:  # cells between packed groups are never programmed
-                    dev.g = dev.g * mask[:, cols]
+                    dev.g = dev.g * mask[np.ix_(rows, cols)]
                 dev.set_reference(dev_rng)
                 w_hw = dev.weights_at(t, dev_rng, compensate=True)
                 sums[enc.name][0] += float(np.sum((x @ w_hw.astype(np.float64) - ref) ** 2))
@@ -82,7 +82,7 @@ def _sample(m: Matrix, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, 
 
 def _rows(inputs: Mapping[str, np.ndarray] | None, layer: str, k: int, samples: int,
           rng: np.random.Generator) -> np.ndarray:
-    if inputs is not None and layer in inputs:
+    if inputs is not None and layer in inputs and inputs[layer].shape[-1] == k:  # (a narrower last pack: drawn)
         x = np.asarray(inputs[layer], np.float64).reshape(-1, k)
         if len(x) > samples:
             x = x[rng.choice(len(x), samples, replace=False)]

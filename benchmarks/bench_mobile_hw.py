@@ -22,7 +22,10 @@ programmed chips, read 1 s after programming; the columns are an ablation:
   default ``"column"`` (each output column's weights mapped to the full conductance range, as aihwkit's
   figures were taken; every column converted in its own current);
 - ``aihwkit-like``: the settings of the aihwkit figures as far as anac has them: one PCM pair per weight
-  (2-PCM: aihwkit's single-pair conductance converter), per-column scale, grouped convolutions exact.
+  (2-PCM: aihwkit's single-pair conductance converter), per-column scale, grouped convolutions exact;
+- ``averaged (auto)``: ``PCM 8b`` compiled with ``average="auto"`` (passes/average.py): the spare tiles of the
+  chips the model occupies hold averaged copies of the layers most sensitive to device noise (sensitivity
+  measured on the calibration images' layer inputs), each layer's output the mean of its copies'.
 
 ``--attribute N`` also prints, per model, the N layers whose device noise costs the most (``attribute``).
 
@@ -68,20 +71,23 @@ def _hw(bits: int, device: dict[str, tuple[float, ...]] | None = None) -> Hardwa
 
 
 # column: (hardware, calibrate on the test input, drift compensation, calibration percentile, layers read
-# exactly ("grouped": the grouped convolutions, "first": the first MVM), scale, encoding (None: the default))
-COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, str | None, str, str | None]] = {
-    "ideal-dev 16b test": (lambda: _hw(16, QUIET), True, True, None, None, "column", None),
-    "ideal-dev 16b": (lambda: _hw(16, QUIET), False, True, None, None, "column", None),
-    "ideal-dev 8b": (lambda: _hw(8, QUIET), False, True, None, None, "column", None),
-    "noise 8b": (lambda: _hw(8, NO_DRIFT), False, True, None, None, "column", None),
-    "PCM 8b": (lambda: _hw(8), False, True, None, None, "column", None),
-    "no comp": (lambda: _hw(8), False, False, None, None, "column", None),
-    "p99.99": (lambda: _hw(8), False, True, 99.99, None, "column", None),
-    "dw exact": (lambda: _hw(8), False, True, None, "grouped", "column", None),
-    "stem exact": (lambda: _hw(8), False, True, None, "first", "column", None),
-    "PCM 16b": (lambda: _hw(16), False, True, None, None, "column", None),
-    "PCM 8b tile": (lambda: _hw(8), False, True, None, None, "tile", None),
-    "aihwkit-like": (lambda: _hw(8), False, True, None, "grouped", "column", "2-PCM"),
+# exactly ("grouped": the grouped convolutions, "first": the first MVM), scale, encoding (None: the default),
+# averaged copies (the ``average`` option; None: none))
+COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, str | None, str, str | None,
+                         str | None]] = {
+    "ideal-dev 16b test": (lambda: _hw(16, QUIET), True, True, None, None, "column", None, None),
+    "ideal-dev 16b": (lambda: _hw(16, QUIET), False, True, None, None, "column", None, None),
+    "ideal-dev 8b": (lambda: _hw(8, QUIET), False, True, None, None, "column", None, None),
+    "noise 8b": (lambda: _hw(8, NO_DRIFT), False, True, None, None, "column", None, None),
+    "PCM 8b": (lambda: _hw(8), False, True, None, None, "column", None, None),
+    "no comp": (lambda: _hw(8), False, False, None, None, "column", None, None),
+    "p99.99": (lambda: _hw(8), False, True, 99.99, None, "column", None, None),
+    "dw exact": (lambda: _hw(8), False, True, None, "grouped", "column", None, None),
+    "stem exact": (lambda: _hw(8), False, True, None, "first", "column", None, None),
+    "PCM 16b": (lambda: _hw(16), False, True, None, None, "column", None, None),
+    "PCM 8b tile": (lambda: _hw(8), False, True, None, None, "tile", None, None),
+    "aihwkit-like": (lambda: _hw(8), False, True, None, "grouped", "column", "2-PCM", None),
+    "averaged (auto)": (lambda: _hw(8), False, True, None, None, "column", None, "auto"),
 }
 HEADLINE = "PCM 8b"
 
@@ -164,20 +170,22 @@ def main() -> None:
         for name in names:
             path = hw_zoo.export(name, Path(tmp) / f"{name}.onnx", args.size)
             ref = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
-            keys = {COLUMNS[c][5:] for c in cols} | ({("column", None)} if args.attribute else set())
-            bases = {(scale, enc): compile_model(path, input_shapes={"input": x.shape}, progress=lambda _m: None,
-                                                 options={"scale": scale, "encoding": enc})
-                     for scale, enc in sorted(keys, key=str)}
+            keys = {COLUMNS[c][5:] for c in cols} | ({("column", None, None)} if args.attribute else set())
+            bases = {(scale, enc, avg): compile_model(path, input_shapes={"input": x.shape},
+                                                      progress=lambda _m: None,
+                                                      options={"scale": scale, "encoding": enc, "average": avg},
+                                                      calibration_data=calib if avg else None)
+                     for scale, enc, avg in sorted(keys, key=str)}
             row = table.setdefault(name, {})
             for col in cols:
-                hw, on_test, comp, pct, exact_layers, scale, enc = COLUMNS[col]
-                base = bases[(scale, enc)]
+                hw, on_test, comp, pct, exact_layers, scale, enc, avg = COLUMNS[col]
+                base = bases[(scale, enc, avg)]
                 prog = copy.copy(base)  # the same mapping; other device model, bits and ranges
                 prog.hardware = hw()
                 calibrate(prog, {"input": x} if on_test else calib, percentile=pct)
                 row[col] = rel_err(prog, x, ref, args.seeds, comp, exact_layers)
             if args.attribute:
-                prog = copy.copy(bases[("column", None)])
+                prog = copy.copy(bases[("column", None, None)])
                 prog.hardware = _hw(8)
                 calibrate(prog, calib)
                 none, shares = attribute(prog, x, ref, args.seeds)
@@ -185,6 +193,14 @@ def main() -> None:
                              f"error in quadrature): " + ", ".join(f"{k} {v:.3f}" for v, k in shares[:args.attribute])
                              + f"; all {len(shares)} layers in quadrature {np.sqrt(sum(v * v for v, _ in shares)):.3f}")
             slices = {"/".join(k for k in key if k): len(b.slices or []) for key, b in bases.items()}
+            for b in bases.values():
+                if b.averaging:
+                    a = b.averaging
+                    notes.append(f"{name}: averaged copies on {a['tiles']} of {a['budget_tiles']} tiles "
+                                 f"({a['tiles_without_copies']} without): "
+                                 + ", ".join(f"{n} x{k}" for n, k in a["copies"].items())
+                                 + f"; estimated error {a['estimated_error']['without']:.3f} -> "
+                                 f"{a['estimated_error']['with']:.3f}")
             print(f"# {name}: slices {slices}, " + ", ".join(f"{c} {v:.3f}" for c, v in row.items())
                   + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print(f"Relative error of the logits at t = {T:g} s, {args.batch} test images of {args.size} x {args.size}, "

@@ -140,7 +140,10 @@ def _layer_inputs(prog: Program, data: Mapping[str, np.ndarray], rows: int = 256
     seen: dict[str, list[np.ndarray]] = {}
 
     def observe(kind: str, key: Any, values: np.ndarray) -> None:
-        if kind == "input" and sum(len(v) for v in seen.get(key, [])) < rows:
+        # A layer of several matrices (packs of groups) is seen once per matrix: its first matrix's rows are kept
+        # (a last pack of fewer groups has narrower rows).
+        if kind == "input" and sum(len(v) for v in seen.get(key, [])) < rows \
+                and values.shape[-1] == seen.get(key, [values])[0].shape[-1]:
             seen.setdefault(key, []).append(np.asarray(values[:rows], np.float32))
 
     whole = [Slice(i, m.id, (0, m.shape[0]), (0, m.shape[1]), m.encoding or prog.hardware.default_encoding)

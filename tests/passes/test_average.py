@@ -159,3 +159,18 @@ def test_cli_compile_inspect_and_html_show_averaged_copies(rng: np.random.Genera
     assert "on each of 3 averaged copies" in stdout and "conv1 #2 avg" in stdout
     page = render_html(load_program(tmp_path / "b.anac"))
     assert "(3 averaged copies)" in page and "averaged copy 2" in page
+
+
+def test_auto_measures_packed_depthwise_layers_on_calibration_data(rng: np.random.Generator) -> None:
+    # 130 depthwise groups packed 43 or 44 per matrix (rows of two widths); the sensitivity samples
+    # rows of matrices whose zero blocks stay unprogrammed
+    c = 130
+    nodes = [node("Conv", ["x", "w1"], ["c1"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=c),
+             node("Conv", ["c1", "w2"], ["y"], name="pw", kernel_shape=[1, 1])]
+    model = make_model(nodes, [tensor("x", [1, c, 8, 8])], [tensor("y", [1, 8, 8, 8])],
+                       [const("w1", weights(rng, c, 1, 3, 3)), const("w2", weights(rng, 8, c, 1, 1))])
+    data = {"x": rng.standard_normal((4, c, 8, 8)).astype(np.float32)}
+    prog = compile_model(model, options={"average": "auto", "tiles": 5}, calibration_data=data)
+    assert len({prog.matrices[m].shape for m in prog.mvms["dw"].matrices}) == 2
+    assert set(prog.assignment["sensitivity"]) == {"dw", "pw"} and prog.averaging["copies"]
+    assert len(prog.tiles_used()) <= 5
