@@ -69,7 +69,8 @@ def plan_model(model: str | Path | onnx.ModelProto, *, hardware: HardwareSpec | 
     run_passes(prog, configure(options, PIPELINE[:cut]), dump_dir=dump_dir, progress=progress)
     budgeted = any(k in options for k in BUDGETS)
     for attempt in range(_CAPACITY_RETRIES):
-        tail = {**options, "sensitivity": size_sensitivity(prog)} if budgeted else options
+        sized = budgeted or str(options.get("average") or "").strip() == "auto"  # average auto scores by it too
+        tail = {**options, "sensitivity": size_sensitivity(prog)} if sized else options
         try:
             run_passes(prog, configure(tail, PIPELINE[cut:]), dump_dir=dump_dir, progress=progress)
             break

@@ -174,3 +174,12 @@ def test_auto_measures_packed_depthwise_layers_on_calibration_data(rng: np.rando
     assert len({prog.matrices[m].shape for m in prog.mvms["dw"].matrices}) == 2
     assert set(prog.assignment["sensitivity"]) == {"dw", "pw"} and prog.averaging["copies"]
     assert len(prog.tiles_used()) <= 5
+
+
+def test_a_plan_averages_by_the_size_sensitivity(rng: np.random.Generator, tmp_path: Path) -> None:
+    path = save(_cnn(rng), tmp_path)
+    code, stdout, err = run_cli("compile", path, "--plan-only", "--average", "auto", "--json", "-q",
+                                "-o", tmp_path / "m.plan.anac")
+    assert code == 0, err
+    rep = json.loads(stdout)
+    assert rep["averaging"]["copies"] and rep["averaging"]["tiles"] == rep["tiles"] <= 34
