@@ -25,7 +25,9 @@ programmed chips, read 1 s after programming; the columns are an ablation:
   (2-PCM: aihwkit's single-pair conductance converter), per-column scale, grouped convolutions exact;
 - ``averaged (auto)``: ``PCM 8b`` compiled with ``average="auto"`` (passes/average.py): the spare tiles of the
   chips the model occupies hold averaged copies of the layers most sensitive to device noise (sensitivity
-  measured on the calibration images' layer inputs), each layer's output the mean of its copies'.
+  measured on the calibration images' layer inputs), each layer's output the mean of its copies';
+- ``averaged (auto, 2 chips)``: the same with a budget of 2 chips for the copies alone (``average.chips=2``:
+  the encodings stay those chosen without a budget).
 
 ``--attribute N`` also prints, per model, the N layers whose device noise costs the most (``attribute``).
 
@@ -43,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -72,22 +75,24 @@ def _hw(bits: int, device: dict[str, tuple[float, ...]] | None = None) -> Hardwa
 
 # column: (hardware, calibrate on the test input, drift compensation, calibration percentile, layers read
 # exactly ("grouped": the grouped convolutions, "first": the first MVM), scale, encoding (None: the default),
-# averaged copies (the ``average`` option; None: none))
+# further compile options as (name, value) pairs (averaged copies and their budget))
 COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, str | None, str, str | None,
-                         str | None]] = {
-    "ideal-dev 16b test": (lambda: _hw(16, QUIET), True, True, None, None, "column", None, None),
-    "ideal-dev 16b": (lambda: _hw(16, QUIET), False, True, None, None, "column", None, None),
-    "ideal-dev 8b": (lambda: _hw(8, QUIET), False, True, None, None, "column", None, None),
-    "noise 8b": (lambda: _hw(8, NO_DRIFT), False, True, None, None, "column", None, None),
-    "PCM 8b": (lambda: _hw(8), False, True, None, None, "column", None, None),
-    "no comp": (lambda: _hw(8), False, False, None, None, "column", None, None),
-    "p99.99": (lambda: _hw(8), False, True, 99.99, None, "column", None, None),
-    "dw exact": (lambda: _hw(8), False, True, None, "grouped", "column", None, None),
-    "stem exact": (lambda: _hw(8), False, True, None, "first", "column", None, None),
-    "PCM 16b": (lambda: _hw(16), False, True, None, None, "column", None, None),
-    "PCM 8b tile": (lambda: _hw(8), False, True, None, None, "tile", None, None),
-    "aihwkit-like": (lambda: _hw(8), False, True, None, "grouped", "column", "2-PCM", None),
-    "averaged (auto)": (lambda: _hw(8), False, True, None, None, "column", None, "auto"),
+                         tuple[tuple[str, Any], ...]]] = {
+    "ideal-dev 16b test": (lambda: _hw(16, QUIET), True, True, None, None, "column", None, ()),
+    "ideal-dev 16b": (lambda: _hw(16, QUIET), False, True, None, None, "column", None, ()),
+    "ideal-dev 8b": (lambda: _hw(8, QUIET), False, True, None, None, "column", None, ()),
+    "noise 8b": (lambda: _hw(8, NO_DRIFT), False, True, None, None, "column", None, ()),
+    "PCM 8b": (lambda: _hw(8), False, True, None, None, "column", None, ()),
+    "no comp": (lambda: _hw(8), False, False, None, None, "column", None, ()),
+    "p99.99": (lambda: _hw(8), False, True, 99.99, None, "column", None, ()),
+    "dw exact": (lambda: _hw(8), False, True, None, "grouped", "column", None, ()),
+    "stem exact": (lambda: _hw(8), False, True, None, "first", "column", None, ()),
+    "PCM 16b": (lambda: _hw(16), False, True, None, None, "column", None, ()),
+    "PCM 8b tile": (lambda: _hw(8), False, True, None, None, "tile", None, ()),
+    "aihwkit-like": (lambda: _hw(8), False, True, None, "grouped", "column", "2-PCM", ()),
+    "averaged (auto)": (lambda: _hw(8), False, True, None, None, "column", None, (("average", "auto"),)),
+    "averaged (auto, 2 chips)": (lambda: _hw(8), False, True, None, None, "column", None,
+                                 (("average", "auto"), ("average.chips", 2))),
 }
 HEADLINE = "PCM 8b"
 
@@ -170,33 +175,35 @@ def main() -> None:
         for name in names:
             path = hw_zoo.export(name, Path(tmp) / f"{name}.onnx", args.size)
             ref = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
-            keys = {COLUMNS[c][5:] for c in cols} | ({("column", None, None)} if args.attribute else set())
-            bases = {(scale, enc, avg): compile_model(path, input_shapes={"input": x.shape},
-                                                      progress=lambda _m: None,
-                                                      options={"scale": scale, "encoding": enc, "average": avg},
-                                                      calibration_data=calib if avg else None)
-                     for scale, enc, avg in sorted(keys, key=str)}
+            keys = {COLUMNS[c][5:] for c in cols} | ({("column", None, ())} if args.attribute else set())
+            bases = {(scale, enc, more): compile_model(path, input_shapes={"input": x.shape},
+                                                       progress=lambda _m: None,
+                                                       options={"scale": scale, "encoding": enc, **dict(more)},
+                                                       calibration_data=calib if more else None)
+                     for scale, enc, more in sorted(keys, key=str)}
             row = table.setdefault(name, {})
             for col in cols:
-                hw, on_test, comp, pct, exact_layers, scale, enc, avg = COLUMNS[col]
-                base = bases[(scale, enc, avg)]
+                hw, on_test, comp, pct, exact_layers, scale, enc, more = COLUMNS[col]
+                base = bases[(scale, enc, more)]
                 prog = copy.copy(base)  # the same mapping; other device model, bits and ranges
                 prog.hardware = hw()
                 calibrate(prog, {"input": x} if on_test else calib, percentile=pct)
                 row[col] = rel_err(prog, x, ref, args.seeds, comp, exact_layers)
             if args.attribute:
-                prog = copy.copy(bases[("column", None, None)])
+                prog = copy.copy(bases[("column", None, ())])
                 prog.hardware = _hw(8)
                 calibrate(prog, calib)
                 none, shares = attribute(prog, x, ref, args.seeds)
                 notes.append(f"{name}: exact weights {none:.3f}; each layer alone from the devices (share of the "
                              f"error in quadrature): " + ", ".join(f"{k} {v:.3f}" for v, k in shares[:args.attribute])
                              + f"; all {len(shares)} layers in quadrature {np.sqrt(sum(v * v for v, _ in shares)):.3f}")
-            slices = {"/".join(k for k in key if k): len(b.slices or []) for key, b in bases.items()}
-            for b in bases.values():
+            slices = {"/".join([k for k in key[:2] if k] + [f"{o}={v}" for o, v in key[2]]): len(b.slices or [])
+                      for key, b in bases.items()}
+            for key, b in bases.items():
                 if b.averaging:
                     a = b.averaging
-                    notes.append(f"{name}: averaged copies on {a['tiles']} of {a['budget_tiles']} tiles "
+                    notes.append(f"{name} ({', '.join(f'{o}={v}' for o, v in key[2])}): averaged copies on "
+                                 f"{a['tiles']} of {a['budget_tiles']} tiles "
                                  f"({a['tiles_without_copies']} without): "
                                  + ", ".join(f"{n} x{k}" for n, k in a["copies"].items())
                                  + f"; estimated error {a['estimated_error']['without']:.3f} -> "
