@@ -26,7 +26,7 @@ programmed chips, read 1 s after programming; the columns are an ablation:
 - ``averaged (auto)``: ``PCM 8b`` compiled with ``average="auto"`` (passes/average.py): the spare tiles of the
   chips the model occupies hold averaged copies of the layers most sensitive to device noise (sensitivity
   measured on the calibration images' layer inputs), each layer's output the mean of its copies';
-- ``averaged (auto, 2 chips)``: the same with a budget of 2 chips for the copies alone (``average.chips=2``:
+- ``averaged 2 chips``: the same with a budget of 2 chips for the copies alone (``average.chips=2``:
   the encodings stay those chosen without a budget).
 
 ``--attribute N`` also prints, per model, the N layers whose device noise costs the most (``attribute``).
@@ -91,8 +91,8 @@ COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, s
     "PCM 8b tile": (lambda: _hw(8), False, True, None, None, "tile", None, ()),
     "aihwkit-like": (lambda: _hw(8), False, True, None, "grouped", "column", "2-PCM", ()),
     "averaged (auto)": (lambda: _hw(8), False, True, None, None, "column", None, (("average", "auto"),)),
-    "averaged (auto, 2 chips)": (lambda: _hw(8), False, True, None, None, "column", None,
-                                 (("average", "auto"), ("average.chips", 2))),
+    "averaged 2 chips": (lambda: _hw(8), False, True, None, None, "column", None,
+                         (("average", "auto"), ("average.chips", 2))),
 }
 HEADLINE = "PCM 8b"
 
