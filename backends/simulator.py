@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import onnx
 from anac.backends.analog import ProgrammedChip, quantize_polarity, quantize_signed, quantize_unsigned
-from anac.backends.host import ARENA_SESSIONS, HostStages, Sessions, run_session
+from anac.backends.host import ARENA_SESSIONS, HostStages, Sessions, make_session, run_session
 from anac.core.dataflow import single_row_block
 from anac.core.errors import AnacError, InputError
 from anac.core.ir import TensorInfo
@@ -94,6 +94,23 @@ class _RowBlocks:
     cols: list[tuple[int, int]]
     weights: list[np.ndarray]
     full_scale: list[np.ndarray]
+
+
+@dataclass
+class _SplitProduct:
+    """Hardware mode: a cell's product of [x_t, h] with the x rows' analog sums made for all steps first.
+
+    ``x_parts[i]``: row block i's sums over its x rows, (seq, passes x batch, its columns), None when it
+    holds no x row; per step only h's rows are multiplied and added before the block's conversion (the
+    crossbar sums both row groups before the ADC). ``lo, hi``: the columns of the x-only slices, converted
+    for all steps at once (``Simulator._x_blocks``), or None."""
+
+    mvm: MVM
+    blocks: _RowBlocks
+    n: int
+    width: int
+    x_parts: list[np.ndarray | None]
+    x_only: tuple[int, int] | None
 
 
 def tile_activation(prog: Program, mvm: MVM) -> bool:
@@ -153,6 +170,8 @@ class Simulator:
         self._steps: list[tuple[str, Any]] | None = None  # what run() does, planned at its first call
         self._fused: dict[Any, Any] = {}  # ideal mode: recurrent directions' Scan sessions (_cell_scan)
         self._x_blocks: dict[str, _RowBlocks] = {}  # hardware mode: cell matrices' x-only slices (_layout_recurrent)
+        # hardware mode: recurrent directions' Scan sessions on the current read (_hw_cell_scan); at() drops them
+        self._hw_scans: dict[Any, Any] = {}
         if mode == "ideal" and not per_slice:
             for mvm in (prog.mvms or {}).values():
                 dense = [_dense(prog.matrices[m].weights, plans)  # type: ignore[index]
@@ -195,6 +214,7 @@ class Simulator:
             self._layout()
             self._layout_recurrent()
         self.t = None
+        self._hw_scans.clear()  # they hold the previous read's weights
         for sid, w in self.chip.read_at(t, drift_compensation):
             sl = self.prog.slices[sid]  # type: ignore[index]
             if sl.matrix in self._copies:
@@ -577,11 +597,15 @@ class Simulator:
             c = np.zeros((batch, hidden), np.float32) if c0 is None else c0[d].astype(np.float32)
             xd = np.ascontiguousarray(xd, dtype=np.float32)
             scanned = self._cell_scan(rec, d, cell, xd, h, c, lens if masked else None, direction == "reverse")
+            pre, split = self._cell_pre(rec, cell, xd)
+            if scanned is None:
+                scanned = self._hw_cell_scan(rec, d, cell, xd, pre, split, h, c, lens if masked else None,
+                                             direction == "reverse")
             if scanned is not None:
                 y[:, d], y_h[d], y_c[d] = scanned
                 continue
             order = range(seq) if direction == "forward" else range(seq - 1, -1, -1)
-            step = self._cell_steps(rec, d, cell, xd)
+            step = self._cell_steps(rec, d, cell, xd, pre, split)
             for t in order:
                 h_new, c_new = step(t, h, c)
                 if masked:
@@ -597,45 +621,64 @@ class Simulator:
             y, y_h, y_c = np.transpose(y, (2, 0, 1, 3)), np.swapaxes(y_h, 0, 1), np.swapaxes(y_c, 0, 1)
         return {name: v for name, v in zip(rec.outputs, (y, y_h, y_c), strict=True) if name}
 
-    def _cell_steps(self, rec: Any, d: int, cell: Any, xd: np.ndarray) -> Callable[
-            [int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """One direction's step function (t, h, c) -> (h_new, c_new), its input-only products made for all
-        of ``xd`` (seq, batch, in) first where the mode allows."""
+    def _cell_pre(self, rec: Any, cell: Any, xd: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, _SplitProduct]]:
+        """Hardware mode: what a direction's cell can compute for all steps of ``xd`` (seq, batch, in) before the
+        loop: the products of x alone (by output name) and, per product of [x_t, h], its x rows' sums
+        (``_SplitProduct``; its x-only slices' outputs under its output name). Ideal mode: nothing."""
         seq, batch = xd.shape[:2]
         flat = xd.reshape(seq * batch, -1)
-        # Step by step; in hardware mode the input-only products first, over all steps.
         pre: dict[str, np.ndarray] = {}
-        split: dict[str, tuple[MVM, _RowBlocks, int, int, int]] = {}
-        if self.mode == "hardware":
-            for _, node, inp, out in (s for s in cell.steps if s[0] == "mvm"):
-                mvm = self.prog.mvms[node]  # type: ignore[index]
-                if not _plain(mvm, self.prog) or any(m in self._copies for m in mvm.matrices):
-                    continue  # a replicated layer's steps go to its copies in turn: kept per step
-                n = self.prog.matrices[mvm.matrices[0]].shape[1]  # type: ignore[index]
-                if inp == "x":
-                    pre[out] = self._run_mvm_once(mvm, flat).reshape(seq, batch, n)
-                elif node in self._x_blocks:  # only the columns [lo, hi) the x-only slices hold
-                    xb = self._x_blocks[node]
-                    lo, hi = min(c[0] for c in xb.cols), max(c[1] for c in xb.cols)
-                    narrow = replace(xb, cols=[(c0 - lo, c1 - lo) for c0, c1 in xb.cols])
-                    pre[out] = self._matmul_hardware(mvm, flat, narrow, hi - lo).reshape(seq, batch, hi - lo)
-                    split[node] = (mvm, self._stacks[node][0], n, lo, hi)
+        split: dict[str, _SplitProduct] = {}
+        if self.mode != "hardware":
+            return pre, split
+        concats = {s[1]: s[2] for s in cell.steps if s[0] == "concat"}
+        for _, node, inp, out in (s for s in cell.steps if s[0] == "mvm"):
+            mvm = self.prog.mvms[node]  # type: ignore[index]
+            if not _plain(mvm, self.prog) or any(m in self._copies for m in mvm.matrices):
+                continue  # a replicated layer's steps go to its copies in turn: kept per step
+            rows, n = self.prog.matrices[mvm.matrices[0]].shape  # type: ignore[index]
+            if inp == "x":
+                pre[out] = self._run_mvm_once(mvm, flat).reshape(seq, batch, n)
+                continue
+            width = rows - rec.hidden
+            if concats.get(inp) != ["x", "h"] or width != flat.shape[1]:
+                continue
+            x_only = None
+            if node in self._x_blocks:  # only the columns [lo, hi) the x-only slices hold
+                xb = self._x_blocks[node]
+                lo, hi = min(c[0] for c in xb.cols), max(c[1] for c in xb.cols)
+                narrow = replace(xb, cols=[(c0 - lo, c1 - lo) for c0, c1 in xb.cols])
+                pre[out] = self._matmul_hardware(mvm, flat, narrow, hi - lo).reshape(seq, batch, hi - lo)
+                x_only = (lo, hi)
+            blocks = self._stacks[node][0]
+            split[node] = _SplitProduct(mvm, blocks, n, width, self._x_parts(mvm, blocks, width, xd), x_only)
+        return pre, split
+
+    def _cell_steps(self, rec: Any, d: int, cell: Any, xd: np.ndarray, pre: dict[str, np.ndarray],
+                    split: dict[str, _SplitProduct]) -> Callable[[int, np.ndarray, np.ndarray],
+                                                                 tuple[np.ndarray, np.ndarray]]:
+        """One direction's step function (t, h, c) -> (h_new, c_new), given what ``_cell_pre`` made."""
+        # a concatenation only split products read is not made
+        reads = [a for s in cell.steps if not (s[0] == "mvm" and s[1] in split)
+                 for a in (s[2] if s[0] != "mvm" else [s[2]])]
+        steps = [s for s in cell.steps if not (s[0] == "concat" and s[1] not in reads)]
         sessions = {s[1]: self._sessions.get((rec.node, d, s[1]), cell.models[s[1]],
                                              f"the cell of {rec.node} (direction {d}, part {s[1]})")[0]
                     for s in cell.steps if s[0] == "host"}
 
         def step(t: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             e: dict[str, np.ndarray] = {"x": xd[t], "h": h, "c": c}
-            for s in cell.steps:
+            for s in steps:
                 if s[0] == "concat":
                     e[s[1]] = np.concatenate([e[a] for a in s[2]], axis=1)
                 elif s[0] == "add":
                     e[s[1]] = (e[s[2][0]] + e[s[2][1]]).astype(np.float32)
                 elif s[0] == "mvm":
-                    if s[1] in split:  # the slices that see h, plus the x-only slices' converted outputs
-                        mvm, blocks, n, lo, hi = split[s[1]]
-                        y = self._matmul_hardware(mvm, e[s[2]], blocks, n)  # a fresh array
-                        y[:, lo:hi] += pre[s[3]][t]
+                    if s[1] in split:  # h's rows now, the x rows' sums made before; the x-only slices' outputs
+                        sp = split[s[1]]
+                        y = self._split_step(sp, h, t)  # a fresh array
+                        if sp.x_only is not None:
+                            y[:, sp.x_only[0]:sp.x_only[1]] += pre[s[3]][t]
                         e[s[3]] = y
                     elif s[3] in pre:
                         e[s[3]] = pre[s[3]][t]
@@ -646,6 +689,92 @@ class Simulator:
                     e.update(zip(s[3], outs, strict=True))
             return e["h_new"], e["c_new"]
         return step
+
+    def _quantize_in(self, mvm: MVM, x: np.ndarray) -> np.ndarray:
+        """Hardware mode: an MVM's 8-bit inputs (two-pass: the positive pass's rows, then the negative's)."""
+        hw = self.prog.hardware
+        r_in = float(mvm.input_range)  # type: ignore[arg-type]
+        if hw.input_sign == "two-pass":
+            return np.concatenate([quantize_unsigned(np.maximum(x, 0), r_in, hw.input_bits),
+                                   quantize_unsigned(np.maximum(-x, 0), r_in, hw.input_bits)])
+        return quantize_polarity(x, r_in, hw.input_bits)
+
+    def _x_parts(self, mvm: MVM, blocks: _RowBlocks, width: int, xd: np.ndarray) -> list[np.ndarray | None]:
+        """Each row block's analog sums over its x rows for every step of ``xd`` (seq, batch, width): the
+        quantized inputs the step's [x_t, h] would give on those rows, the same read weights; (seq, passes
+        x batch, the block's columns), rows in the order ``_quantize_in`` gives a step's, or None."""
+        seq, batch = xd.shape[:2]
+        if all(start >= width for start in blocks.starts):
+            return [None] * len(blocks.starts)
+        xq = self._quantize_in(mvm, xd.reshape(seq * batch, width))
+        if len(xq) > seq * batch:  # two-pass: (pass, seq, batch) -> (seq, pass, batch), a step's rows together
+            xq = np.ascontiguousarray(xq.reshape(2, seq, batch, width).swapaxes(0, 1)).reshape(-1, width)
+        return [(xq[:, start:width] @ w[:width - start]).reshape(seq, -1, w.shape[1]) if start < width else None
+                for start, w in zip(blocks.starts, blocks.weights, strict=True)]
+
+    def _split_step(self, sp: _SplitProduct, h: np.ndarray, t: int) -> np.ndarray:
+        """Step t of a split product: per row block, h's rows times their read weights plus the block's x-row
+        sums of step t (the analog column sum of [x_t, h]), converted at each column's range; digital sum
+        (the x-only slices' outputs are added by the caller). As ``_matmul_hardware`` on [x_t, h], but for
+        the order of the float32 additions in each analog sum."""
+        bits, two_pass = self.prog.hardware.output_bits, self.prog.hardware.input_sign == "two-pass"
+        hq = self._quantize_in(sp.mvm, h)
+        b = sp.blocks
+        y: np.ndarray | None = None
+        for start, stop, (c0, c1), w, scale, xp in zip(b.starts, b.stops, b.cols, b.weights, b.full_scale,
+                                                       sp.x_parts, strict=True):
+            k = max(start, sp.width)
+            hr = hq if (k, stop) == (sp.width, sp.width + hq.shape[1]) else hq[:, k - sp.width:stop - sp.width]
+            part = hr @ w[k - start:]
+            if xp is not None:
+                part += xp[t]
+            q = quantize_signed(part, scale, bits, inplace=True)
+            if (c0, c1) == (0, sp.n):
+                y = q if y is None else np.add(y, q, out=y)
+            else:  # as _matmul_hardware: the other columns get nothing from this block
+                y = np.zeros((hq.shape[0], sp.n), np.float32) if y is None else y
+                y[:, c0:c1] += q
+        assert y is not None  # a matrix has at least one slice
+        return y[:len(h)] - y[len(h):] if two_pass else y
+
+    def _hw_cell_scan(self, rec: Any, d: int, cell: Any, xd: np.ndarray, pre: dict[str, np.ndarray],
+                      split: dict[str, _SplitProduct], h: np.ndarray, c: np.ndarray, lens: np.ndarray | None,
+                      reverse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Hardware mode, polarity inputs, no observer: one direction as one onnxruntime Scan on the current read
+        (``_hw_cell_model``: per step h's quantization, its rows' products, the x rows' sums added, each
+        column's conversion, the cell's host models), what ``_cell_pre`` made fed per step; (Y, h, c), or None
+        when the cell has a product ``_cell_pre`` does not split (then it runs step by step). ``lens`` as in
+        ``_cell_scan``."""
+        hw = self.prog.hardware
+        if self.mode != "hardware" or self.observer is not None or hw.input_sign != "polarity":
+            return None
+        seq, batch, width = xd.shape
+        outs = {s[1]: s[3] for s in cell.steps if s[0] == "mvm"}
+        arrays = {"x": xd}
+        for node, sp in split.items():
+            arrays.update({f"{outs[node]}@x{i}": xp for i, xp in enumerate(sp.x_parts) if xp is not None})
+            if sp.x_only is not None:
+                arrays[f"{outs[node]}@xo"] = pre[outs[node]]
+        arrays.update({n: a for n, a in pre.items() if n not in arrays and n not in {outs[k] for k in split}})
+        key = (rec.node, d, width, lens is not None)
+        if key not in self._hw_scans:
+            self._hw_scans[key] = None
+            model = _hw_cell_model(cell, {outs[k]: sp for k, sp in split.items()}, set(arrays), rec.hidden,
+                                   hw.input_bits, hw.output_bits)
+            if model is not None:
+                scan, names = _scan_model(model, rec.hidden, {n: a.shape[2] for n, a in arrays.items()},
+                                          lens is not None)
+                what = f"the cell of {rec.node} (direction {d})"
+                self._hw_scans[key] = make_session(scan, what, self._sessions.threads, self._sessions.arena), names
+        if self._hw_scans[key] is None:
+            return None
+        sess, names = self._hw_scans[key]
+        if lens is not None:
+            arrays["active"] = (np.arange(seq)[:, None] < lens[None, :])[:, :, None]
+        feeds = {"h0": h, "c0": c}
+        feeds.update({f"scan:{n}": np.ascontiguousarray(arrays[n][::-1]) if reverse else arrays[n] for n in names})
+        h_t, c_t, ys = run_session(sess, feeds, f"the cell of {rec.node} (direction {d})")
+        return (ys[::-1] if reverse else ys), h_t, c_t
 
     def _product(self, key: Any, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Ideal mode: x @ w in float32, on an onnxruntime MatMul (made once under ``key``) when w is large."""
@@ -1201,6 +1330,142 @@ def _cell_model(cell: Any, weights: Mapping[str, np.ndarray], width: int) -> tup
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model, [(n, w) for n, w in pre if n in needed]
+
+
+def _inline(model: onnx.ModelProto, prefix: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """A host model's nodes and initializers with its inner names prefixed (its inputs and outputs kept)."""
+    g = model.graph
+    outer = {i.name for i in g.input} | {o.name for o in g.output}
+
+    def name(n: str) -> str:
+        return n if not n or n in outer else prefix + n
+    inits, nodes = [], []
+    for t in g.initializer:
+        t2 = onnx.TensorProto()
+        t2.CopyFrom(t)
+        t2.name = name(t.name)
+        inits.append(t2)
+    for n in g.node:
+        n2 = onnx.NodeProto()
+        n2.CopyFrom(n)
+        n2.ClearField("input")
+        n2.ClearField("output")
+        n2.input.extend(name(i) for i in n.input)
+        n2.output.extend(name(o) for o in n.output)
+        nodes.append(n2)
+    return nodes, inits
+
+
+def _pruned(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], name: str) -> onnx.ModelProto:
+    """A cell step graph of the nodes h_new and c_new need; its inputs: the names nothing in it makes."""
+    needed, kept = {"h_new", "c_new"}, []
+    for n in reversed(nodes):
+        if needed & set(n.output):
+            kept.append(n)
+            needed |= set(n.input)
+    kept.reverse()
+    given = {i.name for i in inits} | {o for n in kept for o in n.output}
+    inputs = [n for n in dict.fromkeys(i for n in kept for i in n.input) if n and n not in given]
+    graph = helper.make_graph(kept, name, [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h_new", "c_new")],
+                              [i for i in inits if i.name in needed])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _hw_cell_model(cell: Any, split: Mapping[str, _SplitProduct], given: set[str], hidden: int, input_bits: int,
+                   output_bits: int) -> onnx.ModelProto | None:
+    """Hardware mode, polarity inputs: a cell's step as one ONNX graph from h, c and ``given`` (per step: x, the
+    products of x alone, ``<out>@x<i>`` row block i's x-row sums, ``<out>@xo`` the x-only slices' outputs) to
+    h_new, c_new. A split product (by output name): h quantized as ``quantize_polarity`` does, per row block
+    h's rows times the read weights (initializers: the read at the time of the call), plus the x-row sums,
+    converted as ``quantize_signed`` does (Div, Round: half to even as numpy's rint, Clip, Mul), the blocks'
+    columns side by side (or their digital sum, each at its columns), the x-only outputs added. None when a
+    product is neither split nor given."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray | np.float32) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def quantize(x: str, step: str, levels: int, out: str) -> None:
+        lo, hi = const(f"{out}/lo", np.float32(-levels)), const(f"{out}/hi", np.float32(levels))
+        nodes.extend([helper.make_node("Div", [x, step], [f"{out}/d"]),
+                      helper.make_node("Round", [f"{out}/d"], [f"{out}/r"]),
+                      helper.make_node("Clip", [f"{out}/r", lo, hi], [f"{out}/c"]),
+                      helper.make_node("Mul", [f"{out}/c", step], [out])])
+    in_levels, out_levels = 2 ** input_bits - 1, 2 ** (output_bits - 1) - 1
+    for s in cell.steps:
+        if s[0] == "mvm":
+            _, node, inp, out = s
+            if out in given:
+                continue
+            sp = split.get(out)
+            if sp is None:
+                return None
+            order = sorted(range(len(sp.blocks.starts)), key=lambda i: sp.blocks.cols[i][0])
+            edges = [sp.blocks.cols[i] for i in order]
+            side_by_side = [c0 for c0, _ in edges] == [0] + [c1 for _, c1 in edges[:-1]] and edges[-1][1] == sp.n
+            order = order if side_by_side else list(range(len(order)))
+            step_in = const(f"{out}/in_step", np.float32(float(sp.mvm.input_range) / in_levels))  # type: ignore[arg-type]
+            quantize("h", step_in, in_levels, f"{out}/hq")
+            qs = []
+            for i in order:
+                start, stop, w = sp.blocks.starts[i], sp.blocks.stops[i], sp.blocks.weights[i]
+                k = max(start, sp.width)
+                hr = f"{out}/hq"
+                if (k, stop) != (sp.width, sp.width + hidden):  # some of h's rows
+                    hr = f"{out}/h{i}"
+                    nodes.append(helper.make_node("Slice", [f"{out}/hq", const(f"{hr}/s", np.array([k - sp.width])),
+                                                            const(f"{hr}/e", np.array([stop - sp.width])),
+                                                            const(f"{hr}/a", np.array([1]))], [hr]))
+                nodes.append(helper.make_node("MatMul", [hr, const(f"{out}/w{i}", np.ascontiguousarray(w[k - start:]))],
+                                              [f"{out}/p{i}"]))
+                part = f"{out}/p{i}"
+                if sp.x_parts[i] is not None:
+                    nodes.append(helper.make_node("Add", [part, f"{out}@x{i}"], [f"{out}/s{i}"]))
+                    part = f"{out}/s{i}"
+                step = const(f"{out}/step{i}", (sp.blocks.full_scale[i] / out_levels).astype(np.float32))
+                quantize(part, step, out_levels, f"{out}/q{i}")
+                qs.append(f"{out}/q{i}")
+            y = f"{out}/y" if sp.x_only is not None else out
+            if side_by_side:
+                nodes.append(helper.make_node("Concat", qs, [y], axis=1) if len(qs) > 1
+                             else helper.make_node("Identity", qs, [y]))
+            else:  # the digital sum of the blocks' outputs, each placed at its columns (zeros elsewhere)
+                placed = []
+                for i, q in zip(order, qs, strict=True):
+                    c0, c1 = sp.blocks.cols[i]
+                    if (c0, c1) != (0, sp.n):
+                        pads = const(f"{q}/pads", np.array([0, c0, 0, sp.n - c1], np.int64))
+                        nodes.append(helper.make_node("Pad", [q, pads], [f"{q}/placed"]))
+                        q = f"{q}/placed"
+                    placed.append(q)
+                for j in range(1, len(placed)):
+                    nodes.append(helper.make_node("Add", [placed[j - 1], placed[j]],
+                                                  [y if j == len(placed) - 1 else f"{out}/sum{j}"]))
+                    placed[j] = f"{out}/sum{j}"
+                if len(placed) == 1:
+                    nodes.append(helper.make_node("Identity", placed, [y]))
+            if sp.x_only is not None:
+                lo, hi = sp.x_only
+                pads = const(f"{out}/pads", np.array([0, lo, 0, sp.n - hi], np.int64))
+                nodes += [helper.make_node("Pad", [f"{out}@xo", pads], [f"{out}/xo"]),
+                          helper.make_node("Add", [y, f"{out}/xo"], [out])]
+        elif s[0] == "concat":
+            nodes.append(helper.make_node("Concat", list(s[2]), [s[1]], axis=1))
+        elif s[0] == "add":
+            nodes.append(helper.make_node("Add", list(s[2]), [s[1]]))
+        else:
+            more, more_inits = _inline(cell.models[s[1]], f"m{s[1]}/")
+            nodes += more
+            inits += more_inits
+    model = _pruned(nodes, inits, "hardware cell")
+    if {i.name for i in model.graph.input} - given - {"h", "c"}:
+        return None
+    return model
 
 
 def _scan_model(step: onnx.ModelProto, hidden: int, widths: Mapping[str, int], masked: bool) -> tuple[

@@ -297,13 +297,20 @@ def account(name: str, runs: int) -> str:
     sim.program(0)
     sim.at(86400.0)
     spent: dict[str, float] = {}
-    matmul, session = Simulator._matmul_hardware, simulator.run_session
+    matmul, split, session = Simulator._matmul_hardware, Simulator._split_step, simulator.run_session
 
     def timed_matmul(self: Simulator, mvm: MVM, rows: np.ndarray, *args: object, **kw: object) -> np.ndarray:
         t = time.process_time()
         out = matmul(self, mvm, rows, *args, **kw)  # type: ignore[arg-type]
         key = f"_matmul_hardware {mvm.node}, {rows.shape[0]} rows"
         spent[key] = spent.get(key, 0.0) + time.process_time() - t
+        return out
+
+    def timed_split(self: Simulator, sp: simulator._SplitProduct, h: np.ndarray, t: int) -> np.ndarray:
+        start = time.process_time()
+        out = split(self, sp, h, t)
+        key = f"_split_step {sp.mvm.node} (h's rows, x rows' sums added), {h.shape[0]} rows"
+        spent[key] = spent.get(key, 0.0) + time.process_time() - start
         return out
 
     def timed_session(sess: ort.InferenceSession, feeds: Inputs, what: object, *args: object) -> list[np.ndarray]:
@@ -313,7 +320,7 @@ def account(name: str, runs: int) -> str:
         spent[key] = spent.get(key, 0.0) + time.process_time() - t
         return out
 
-    Simulator._matmul_hardware = timed_matmul  # type: ignore[method-assign]
+    Simulator._matmul_hardware, Simulator._split_step = timed_matmul, timed_split  # type: ignore[method-assign]
     simulator.run_session, host.run_session = timed_session, timed_session  # type: ignore[assignment]
     sess = _ort(model)
     per_run: list[dict[str, float]] = []
@@ -331,7 +338,7 @@ def account(name: str, runs: int) -> str:
             sess.run(None, x)
             t_ort.append(time.process_time() - t)
     finally:
-        Simulator._matmul_hardware = matmul  # type: ignore[method-assign]
+        Simulator._matmul_hardware, Simulator._split_step = matmul, split  # type: ignore[method-assign]
         simulator.run_session, host.run_session = session, session
     total, ort_ms = statistics.median(totals), statistics.median(t_ort)
     parts = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
