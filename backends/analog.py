@@ -187,8 +187,9 @@ def quantize_polarity(x: np.ndarray, full_scale: float, bits: int) -> np.ndarray
 def _round_clip(x: np.ndarray, step: np.float32 | np.ndarray, lo: int, hi: int, inplace: bool = False) -> np.ndarray:
     """clip(rint(x / step), lo, hi) * step as float32, in one buffer (the values of the plain expression):
     x's own when ``inplace`` and it can hold the result."""
-    if inplace and x.dtype == np.float32 and x.flags.writeable \
-            and np.broadcast_shapes(x.shape, np.shape(step)) == x.shape:
+    shape = np.shape(step)  # x's own buffer holds the result when step broadcasts to x's shape
+    if inplace and x.dtype == np.float32 and x.flags.writeable and len(shape) <= x.ndim \
+            and all(s in (1, d) for s, d in zip(shape[::-1], x.shape[::-1], strict=False)):
         q = np.divide(x, step, out=x)
     else:
         q = np.asarray(x / step)
