@@ -519,7 +519,7 @@ class Simulator:
                                                    blocks.full_scale, strict=True):
             part = xq[:, start:stop] @ w if (start, stop) != (0, k) else xq @ w
             if self._tile_act[mvm.node]:
-                part = apply_activation(part, mvm.activation)  # type: ignore[arg-type]
+                part = _tile_activation(part, mvm.activation)  # type: ignore[arg-type]
             q = quantize(part, scale, hw.output_bits, inplace=True)  # part: a fresh product
             if (c0, c1) == (0, n):
                 y = q if y is None else np.add(y, q, out=y)
@@ -552,7 +552,7 @@ class Simulator:
                 xb = x[:, g * cg + b.c0:g * cg + b.c1]
                 part = run_session(sess, {"x": np.ascontiguousarray(xb), "w": b.kernel}, f"the conv of {mvm.node}")[0]
                 if tile_act:
-                    part = apply_activation(part, mvm.activation)  # type: ignore[arg-type]
+                    part = _tile_activation(part, mvm.activation)  # type: ignore[arg-type]
                 q = quantize(part, b.full_scale, hw.output_bits, inplace=True)
                 y = q if y is None else np.add(y, q, out=y)
             assert y is not None  # a matrix has at least one row block
@@ -947,6 +947,13 @@ def apply_activation(y: np.ndarray, act: dict) -> np.ndarray:  # type: ignore[ty
     lo = -np.inf if act["min"] is None else np.float32(act["min"])
     hi = np.inf if act["max"] is None else np.float32(act["max"])
     return np.clip(y, lo, hi).astype(np.float32)
+
+
+def _tile_activation(part: np.ndarray, act: dict) -> np.ndarray:  # type: ignore[type-arg]
+    """``apply_activation`` on a fresh float32 product nothing else holds: ReLU in its buffer (the same values)."""
+    if act["op"] == "Relu" and part.dtype == np.float32 and part.flags.writeable:
+        return np.maximum(part, np.float32(0), out=part)
+    return apply_activation(part, act)
 
 
 def _conv(x: np.ndarray, mvm: MVM, plans: list[Any], shapes: list[tuple[int, int]],
