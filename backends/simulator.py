@@ -1305,38 +1305,12 @@ def _cell_model(cell: Any, weights: Mapping[str, np.ndarray], width: int) -> tup
         elif s[0] == "add":
             nodes.append(helper.make_node("Add", list(s[2]), [s[1]]))
         else:
-            g = cell.models[s[1]].graph
-            outer = {i.name for i in g.input} | {o.name for o in g.output}
-
-            def name(n: str, prefix: str = f"m{s[1]}/", outer: set[str] = outer) -> str:
-                return n if not n or n in outer else prefix + n
-            for t in g.initializer:
-                t2 = onnx.TensorProto()
-                t2.CopyFrom(t)
-                t2.name = name(t.name)
-                inits.append(t2)
-            for n in g.node:
-                n2 = onnx.NodeProto()
-                n2.CopyFrom(n)
-                n2.ClearField("input")
-                n2.ClearField("output")
-                n2.input.extend(name(i) for i in n.input)
-                n2.output.extend(name(o) for o in n.output)
-                nodes.append(n2)
-    needed, kept = {"h_new", "c_new"}, []
-    for n in reversed(nodes):  # drop what h_new and c_new do not need (the concats split above)
-        if needed & set(n.output):
-            kept.append(n)
-            needed |= set(n.input)
-    kept.reverse()
-    given = {i.name for i in inits} | {o for n in kept for o in n.output}
-    inputs = [n for n in dict.fromkeys(i for n in kept for i in n.input) if n and n not in given]
-    graph = helper.make_graph(kept, "cell", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h_new", "c_new")],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model, [(n, w) for n, w in pre if n in needed]
+            more, more_inits = _inline(cell.models[s[1]], f"m{s[1]}/")
+            nodes += more
+            inits += more_inits
+    model = _pruned(nodes, inits, "cell")  # without what h_new and c_new do not need (the concats split above)
+    inputs = {i.name for i in model.graph.input}
+    return model, [(n, w) for n, w in pre if n in inputs]
 
 
 def _inline(model: onnx.ModelProto, prefix: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
