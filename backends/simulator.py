@@ -127,6 +127,9 @@ class Simulator:
                  host_threads: int = 1) -> None:
         if mode not in MODES:
             raise AnacError(f"unknown simulation mode '{mode}'; available: {', '.join(MODES)}")
+        if prog.plan is not None:  # its weights are shape-only placeholders: a run would compute with zeros
+            raise AnacError("this program was planned without weights (anac plan): it has no weight values to "
+                            "simulate; compile the model (anac compile) to verify or simulate it")
         self.prog, self.mode, self.observer = prog, mode, observer
         self.chip: ProgrammedChip | None = None
         self.t: float | None = None

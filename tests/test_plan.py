@@ -270,3 +270,14 @@ def test_memory_limit_counts_embedded_weights_and_parses_sizes(tmp_path: Path, r
     monkeypatch.setenv(MEMORY_ENV, "lots")
     code, _, err = run("compile", path)
     assert_clean_error(code, err, f"{MEMORY_ENV}='lots' is not a size")
+
+
+def test_simulator_refuses_a_plan_in_memory() -> None:
+    """A plan's weights are placeholders (zeros): a simulator built on it would compute with zeros silently."""
+    from anac.backends.simulator import Simulator
+    from anac.core.errors import AnacError
+
+    prog = plan_model(MODELS / "digits_mlp.onnx")
+    for mode in ("ideal", "hardware"):
+        with pytest.raises(AnacError, match="planned without weights"):
+            Simulator(prog, mode)
