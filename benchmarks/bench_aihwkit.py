@@ -36,7 +36,8 @@ must be a CPU tensor"), set as close to anac's defaults as the two tools allow:
 
 anac runs in the same process on the net ``hw_zoo.export`` writes (the same weights), with
 bench_mobile_hw's ``PCM 8b`` column (anac's defaults) and ``aihwkit-like`` column (one PCM pair per
-weight, grouped convolutions' weights read exactly, their I/O still converted), via its functions.
+weight, grouped convolutions' weights read exactly, their I/O still converted), via its functions;
+its ``averaged (auto)`` column (averaged copies of the noise-sensitive layers on spare tiles) is shown too.
 Two more pairs split the error: ``aihwkit I/O only`` (the noise model's programming, read and drift
 noise scaled to 0) against anac's ``ideal-dev 8b``, and ``aihwkit 16b`` (inp_res = out_res =
 1 / (2**16 - 2); ``init 3``: aihwkit's default calibration pass) against anac's ``PCM 16b``.
@@ -85,7 +86,7 @@ T = 1.0
 # aihwkit columns: (I/O bits, device noise scale, input_range.init_value during calibration)
 AIHW_COLUMNS = {"aihwkit": (8, 1.0, 1e6), "aihwkit init 3": (8, 1.0, 3.0), "aihwkit I/O only": (8, 0.0, 1e6),
                 "aihwkit 16b": (16, 1.0, 1e6), "aihwkit 16b init 3": (16, 1.0, 3.0)}
-ANAC_COLUMNS = ("PCM 8b", "aihwkit-like", "ideal-dev 8b", "PCM 16b")
+ANAC_COLUMNS = ("PCM 8b", "aihwkit-like", "ideal-dev 8b", "PCM 16b", "averaged (auto)")
 
 
 def rpu_config(bits: int = 8, noise_scale: float = 1.0, init_value: float = 1e6) -> TorchInferenceRPUConfig:
@@ -165,11 +166,12 @@ def anac_errs(path: Path, x: np.ndarray, ref: np.ndarray, calib: np.ndarray, see
     """anac's error on the exported net for bench_mobile_hw's ``ANAC_COLUMNS``."""
     out, bases = {}, {}
     for col in ANAC_COLUMNS:
-        hw, _on_test, comp, pct, exact_layers, scale, enc = bmh.COLUMNS[col]
-        if (scale, enc) not in bases:
-            bases[(scale, enc)] = compile_model(path, input_shapes={"input": x.shape}, progress=lambda _m: None,
-                                                options={"scale": scale, "encoding": enc})
-        prog = copy.copy(bases[(scale, enc)])  # the same mapping; other device model, bits and ranges
+        hw, _on_test, comp, pct, exact_layers, scale, enc, more = bmh.COLUMNS[col]
+        key = (scale, enc, more)
+        if key not in bases:
+            bases[key] = compile_model(path, input_shapes={"input": x.shape}, progress=lambda _m: None,
+                                       options={"scale": scale, "encoding": enc, **dict(more)})
+        prog = copy.copy(bases[key])  # the same mapping; other device model, bits and ranges
         prog.hardware = hw()
         calibrate(prog, {"input": calib}, percentile=pct)
         out[col] = bmh.rel_err(prog, x, ref, seeds, comp, exact_layers)
@@ -220,14 +222,14 @@ def main() -> None:
           f"{args.calib} held-apart images; aihwkit {args.bits}-bit I/O\n")
     print("| model | aihwkit 1.1.0 | aihwkit init 3 | anac PCM 8b | anac aihwkit-like | PCM 8b / aihwkit | "
           "PCM 8b / aihwkit init 3 | aihwkit I/O only | anac ideal-dev 8b | aihwkit 16b | aihwkit 16b init 3 | "
-          "anac PCM 16b |")
-    print("|---|" + "---|" * 11)
+          "anac PCM 16b | anac averaged (auto) |")
+    print("|---|" + "---|" * 12)
     for name, aihw, anac, _ in rows:
         a, a3 = aihw["aihwkit"], aihw["aihwkit init 3"]
         print(f"| {name} | {a:.3f} | {a3:.3f} | {anac['PCM 8b']:.3f} | {anac['aihwkit-like']:.3f} | "
               f"{anac['PCM 8b'] / a:.2f} | {anac['PCM 8b'] / a3:.2f} | {aihw['aihwkit I/O only']:.3f} | "
               f"{anac['ideal-dev 8b']:.3f} | {aihw['aihwkit 16b']:.3f} | {aihw['aihwkit 16b init 3']:.3f} | "
-              f"{anac['PCM 16b']:.3f} |")
+              f"{anac['PCM 16b']:.3f} | {anac['averaged (auto)']:.3f} |")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
