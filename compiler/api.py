@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from anac import driver
 from anac.backends.calibrate import DEFAULT_PERCENTILE, calibrate, calibration_batches
+from anac.backends.calibrate import tune_ranges as tune_chip_ranges
 from anac.backends.estimates import PRECISION as SENSITIVITY_PRECISION
 from anac.backends.estimates import layer_sensitivity
 from anac.backends.simulator import Simulator, check_inputs, simulate
@@ -49,8 +50,10 @@ _CAPACITY_RETRIES = 3
 
 def compile_model(model: str | Path | onnx.ModelProto, *,
                   calibration_data: Mapping[str, np.ndarray] | None = None,
-                  calibration_percentile: float | None = DEFAULT_PERCENTILE, **kwargs: Any) -> Program:
-    """Compile a model (see anac.driver.compile_model); calibrate the analog I/O ranges when data is given.
+                  calibration_percentile: float | None = DEFAULT_PERCENTILE, tune_ranges: bool = False,
+                  **kwargs: Any) -> Program:
+    """Compile a model (see anac.driver.compile_model); calibrate the analog I/O ranges when data is given
+    (and with ``tune_ranges``, tighten them for the noisy chip: backends/calibrate.py tune_ranges).
 
     One pipeline run. With a budget option (chips, tiles, pcm_per_weight),
     assign_devices asks for each layer's sensitivity to each encoding
@@ -59,6 +62,8 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
     auto, to choose the layers to average); with pruning and
     calibration data, input rows are ranked by weight norm times input RMS.
     """
+    if tune_ranges and calibration_data is None:
+        raise InputError("tuning the ranges for the noisy chip needs calibration data (--calibration-data)")
     options = dict(kwargs.pop("options", None) or {})
     pipeline = tuple(kwargs.pop("pipeline", PIPELINE))
     budgeted = any(options.get(k) is not None for k in _BUDGETS)
@@ -88,6 +93,8 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
             options["tiles"] = tiles - 1
     if calibration_data is not None:
         calibrate(prog, calibration_data, percentile=calibration_percentile)
+        if tune_ranges:
+            tune_chip_ranges(prog, calibration_data)
     return prog
 
 

@@ -147,6 +147,10 @@ def _budgeted_spec(hardware: str | None, chips: int | None, max_chips: int | Non
 @click.option("--clip-sigma", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="Clip weights beyond this many standard deviations before mapping to conductances.")
 @_calibration_option
+@click.option("--tune-ranges", is_flag=True,
+              help="After calibrating, tighten the input and output ranges for the noisy chip: one factor each, "
+                   "chosen on the calibration data with one simulated chip instance (tens of hardware-mode runs; "
+                   "helps nets that amplify device noise).")
 @click.option("--plan-only", is_flag=True,
               help="Plan without reading the weights (as `anac plan`): tiles, chips, placement, links, estimates.")
 @click.option("--replicate", default=None, metavar="auto|LAYER=K,...",
@@ -167,8 +171,8 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
                 batch: int | None, encoding: str | None, split_strategy: str | None, prune: str | None,
                 chips: int | None, tiles: int | None, pcm_per_weight: float | None, time_limit: float | None,
                 max_chips: int | None, dump_dir: str | None, scale: str | None, clip_sigma: float | None,
-                calibration_data: str | None, plan_only: bool, replicate: str | None, average: str | None,
-                objective: str | None, as_json: bool) -> None:
+                calibration_data: str | None, tune_ranges: bool, plan_only: bool, replicate: str | None,
+                average: str | None, objective: str | None, as_json: bool) -> None:
     """Compile MODEL (.onnx) into a program directory."""
     from anac.api import compile_to, load_inputs, summary
     from anac.core.estimates import performance
@@ -180,12 +184,15 @@ def compile_cmd(model: str, output: str | None, hardware: str | None, input_shap
         if calibration_data:
             raise click.UsageError("--calibration-data calibrates the weights' I/O ranges; --plan-only reads no "
                                    "weights and takes no data")
+        if tune_ranges:
+            raise click.UsageError("--tune-ranges tunes the I/O ranges on simulated devices; --plan-only reads no "
+                                   "weights")
         _plan(model, output, hardware, input_shape, batch, options, max_chips, dump_dir, as_json)
         return
     spec = _budgeted_spec(hardware, chips, max_chips)
     calib = load_inputs(calibration_data) if calibration_data else None
     prog, out = compile_to(model, output, hardware=spec, input_shapes=_parse_shapes(input_shape), batch=batch,
-                           options=options, dump_dir=dump_dir, calibration_data=calib)
+                           options=options, dump_dir=dump_dir, calibration_data=calib, tune_ranges=tune_ranges)
     perf = performance(prog)
     s = {**summary(prog), **{k: perf[k] for k in ("throughput_per_s", "latency_s", "bottleneck")},
          "replication": prog.replication, "averaging": prog.averaging}
