@@ -14,14 +14,26 @@ rows it runs over). The conductance scale still comes from the whole matrix
 (its largest magnitude, or each sampled column's), as its slices see it.
 The cost is a few hundred thousand simulated devices per layer and encoding,
 whatever the layer's size.
+
+A layer's output sensitivity (``output_sensitivity``) is what its error costs
+at the model's outputs: the relative error of the outputs of an ideal run
+with only that layer's weights perturbed, by Gaussian noise of one standard
+deviation per column proportional to the conductance scale (the matrix's
+largest magnitude, or the column's under ``per_column``: device noise is a
+fraction of g_max), on programmed cells only, rescaled so the layer's own
+relative output error on its inputs (as above) is its measured sensitivity.
+A layer whose output a later large-gain path amplifies scores higher than its
+own error; one whose error later layers wash out, lower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 from anac.backends.analog import ProgrammedDevices, device_model
+from anac.backends.simulator import Simulator
 from anac.core.conductance import device_targets
 from anac.core.program import Matrix, Program
 
@@ -67,6 +79,53 @@ def layer_sensitivity(prog: Program, inputs: Mapping[str, np.ndarray] | None = N
                 sums[enc.name][1] += float(np.sum(ref ** 2))
         out[mvm.node] = {e: float(np.sqrt(num / den)) if den > 0 else 0.0 for e, (num, den) in sums.items()}
     return out
+
+
+def output_sensitivity(prog: Program, batches: Sequence[Mapping[str, np.ndarray]], layer_error: Mapping[str, float],
+                       inputs: Mapping[str, np.ndarray] | None = None, *, seed: int = 0, samples: int = SAMPLES,
+                       progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """{layer: relative error of the model's outputs} with only that layer's weights perturbed so that its own
+    relative output error is ``layer_error[layer]`` (ideal runs on ``batches``; layer inputs as layer_sensitivity)."""
+    ref = [_outputs(Simulator(prog, "ideal"), batches)]
+    den = sum(float(np.sum(np.square(y, dtype=np.float64))) for y in ref[0])
+    order = {n: i for i, n in enumerate(prog.mvms or {})}
+    out: dict[str, float] = {}
+    for done, (n, e) in enumerate(layer_error.items()):
+        if e <= 0 or den <= 0:
+            out[n] = 0.0
+            continue
+        li = order[n]
+        mats = dict(prog.matrices or {})
+        noise = {}
+        num = ref_sq = 0.0
+        for mid in prog.mvms[n].matrices:  # type: ignore[index]
+            m = mats[mid]
+            rng = np.random.default_rng([seed, li, len(noise)])
+            w = np.asarray(m.weights, np.float64)
+            scale = np.abs(w).max(axis=0) if m.per_column else np.abs(w).max()
+            d = rng.standard_normal(w.shape) * scale
+            mask = prog.block_mask(mid, (0, m.shape[0]), (0, m.shape[1]))
+            if mask is not None:  # cells between packed groups are never programmed
+                d *= mask
+            x = _rows(inputs, n, m.input_rows, samples, rng)
+            if m.kept_rows is not None:
+                x = x[:, m.kept_rows]
+            num += float(np.sum((x @ d) ** 2))
+            ref_sq += float(np.sum((x @ w) ** 2))
+            noise[mid] = d
+        k = e * np.sqrt(ref_sq / num) if num > 0 else 0.0
+        for mid, d in noise.items():
+            mats[mid] = replace(mats[mid], weights=(mats[mid].weights + k * d).astype(np.float32))
+        got = _outputs(Simulator(replace(prog, matrices=mats), "ideal"), batches)
+        err = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(got, ref[0], strict=True))
+        out[n] = float(np.sqrt(err / den))
+        if progress is not None:
+            progress(done + 1, len(layer_error))
+    return out
+
+
+def _outputs(sim: Simulator, batches: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
+    return [np.asarray(y, np.float64).ravel() for b in batches for y in sim.run(b).values()]
 
 
 def _sample(m: Matrix, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, float | np.ndarray | None]:

@@ -22,7 +22,7 @@ from anac import driver
 from anac.backends.calibrate import DEFAULT_PERCENTILE, calibrate, calibration_batches
 from anac.backends.calibrate import tune_ranges as tune_chip_ranges
 from anac.backends.estimates import PRECISION as SENSITIVITY_PRECISION
-from anac.backends.estimates import layer_sensitivity
+from anac.backends.estimates import layer_sensitivity, output_sensitivity
 from anac.backends.simulator import Simulator, check_inputs, simulate
 from anac.backends.verify import HardwareVerifyReport, VerifyReport, parse_times, verify_hardware, verify_program
 from anac.core.artifact import check_writable, default_output, load_program, report_json, save_program, summary
@@ -71,8 +71,11 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
     if budgeted and options.get("sensitivity") is None:
         options["sensitivity"] = measure.sensitivity
         options.setdefault("error_tolerance", SENSITIVITY_PRECISION)
-    if str(options.get("average") or "").strip() == "auto" and options.get("sensitivity") is None:
-        options["sensitivity"] = measure.sensitivity  # average auto scores layers by it
+    if str(options.get("average") or "").strip() == "auto":
+        if options.get("sensitivity") is None:
+            options["sensitivity"] = measure.sensitivity
+        if options.get("output_error") is None:
+            options["output_error"] = measure.output_error  # average auto scores layers by it
     if options.get("prune") and calibration_data is not None and options.get("row_scale") is None:
         options["row_scale"] = measure.row_scale
     if calibration_data is not None and any(callable(options.get(k)) for k in ("sensitivity", "row_scale")):
@@ -96,6 +99,12 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
         if tune_ranges:
             tune_chip_ranges(prog, calibration_data)
     return prog
+
+
+# average auto's output sensitivities: ideal runs on at most this many samples, of at most this many layers
+# (more: the layers' own sensitivities score them, as logged)
+OUTPUT_SAMPLES = 8
+OUTPUT_LAYERS = 200
 
 
 class _Measurements:
@@ -123,6 +132,32 @@ class _Measurements:
             self._sensitivity = layer_sensitivity(prog, self.layer_inputs)
             log.info("sensitivity measured (%.1f s)", time.perf_counter() - t0)
         return self._sensitivity
+
+    def output_error(self, prog: Program, layer_error: Mapping[str, float]) -> dict[str, float] | None:
+        """Each layer's error at the model's outputs (estimates.output_sensitivity) on up to ``OUTPUT_SAMPLES``
+        calibration samples, else on seeded random inputs; None (logged) for more than ``OUTPUT_LAYERS``."""
+        if len(layer_error) > OUTPUT_LAYERS:
+            log.info("average auto: %d candidate layers (more than %d): scoring them by their own sensitivity, "
+                     "not by their error at the model's outputs", len(layer_error), OUTPUT_LAYERS)
+            return None
+        if self.data is not None:
+            batches, seen = [], 0
+            for b in calibration_batches(prog, self.data):
+                batches.append(b)
+                seen += len(next(iter(b.values()))) if b else 1
+                if seen >= OUTPUT_SAMPLES:
+                    break
+        else:
+            batches = [make_inputs(prog.inputs, seed=0)]
+        log.info("average auto: measuring the error of %d layers at the model's outputs (%d ideal runs)",
+                 len(layer_error), len(layer_error) + 1)
+        t0 = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            if done % 20 == 0 or done == total:
+                log.info("  %d/%d layers (%.1f s)", done, total, time.perf_counter() - t0)
+
+        return output_sensitivity(prog, batches, layer_error, self.layer_inputs, progress=progress)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,15 @@ or average (naming a replicated layer is an error). The budget is the tighter
 of the chips/tiles options and the spec's ``max_chips``, else the tiles of
 the chips the model already occupies (after replicate).
 
-Auto scores layers with the sensitivity assign_devices uses (backends/estimates.py:
-a layer's relative output error under device noise, in its encoding): the
-model's estimated error is sqrt(sum of squared sensitivities), and K copies
-divide a layer's squared sensitivity by K. Greedy by error removed per tile:
+Auto scores layers by what their device noise costs at the model's outputs
+(``output_error``, which anac.api measures: backends/estimates.py
+output_sensitivity, the relative error of the outputs of an ideal run with
+only that layer's weights perturbed to its own measured sensitivity), else
+(no measurement: a plan without weights, a model too large to measure) by
+the sensitivity assign_devices uses (a layer's own relative output error
+under device noise, in its encoding). Independent layer errors add in
+variance: the model's estimated error is sqrt(sum of squared scores), and K
+copies divide a layer's squared score by K. Greedy by error removed per tile:
 each step gives one more copy (its slices in tiles) to the layer with the
 largest s^2 (1/k - 1/(k+1)) / slices that still fits the budget; the gains of
 a layer shrink with k (a concave, separable objective), so the greedy order
@@ -56,6 +61,8 @@ class Average:
     chips: int | None = None
     tiles: int | None = None
     sensitivity: Sensitivity | Callable[[Program], Sensitivity] | None = None
+    # auto: (program, {candidate layer: its sensitivity}) -> {layer: its error at the model's outputs}, or None
+    output_error: Callable[[Program, Mapping[str, float]], Mapping[str, float] | None] | None = None
 
     def run(self, prog: Program) -> None:
         spec = (self.average or "").strip()
@@ -68,8 +75,14 @@ class Average:
         split = copy_counts(prog)
         replicated = {n for n in per_layer if any(split.get(m, 1) > 1 for m in prog.mvms[n].matrices)}  # type: ignore[index]
         sens = self._sensitivities(prog, spec == "auto")
+        score, scored_by = sens, "layer"
         if spec == "auto":
-            plan = choose(per_layer, sens, [n for n in per_layer if n not in replicated], budget - base)
+            candidates = [n for n in per_layer if n not in replicated and per_layer[n] <= budget - base]
+            if candidates and self.output_error is not None and prog.plan is None:
+                measured = self.output_error(prog, {n: sens[n] for n in candidates})  # type: ignore[index]
+                if measured is not None:
+                    score, scored_by = {n: float(measured[n]) for n in candidates}, "output"
+            plan = choose(per_layer, score, candidates, budget - base)  # type: ignore[arg-type]
         else:
             plan = parse_copies(spec, {n: {} for n in per_layer}, option="--average")
             both = sorted(n for n, k in plan.items() if k > 1 and n in replicated)
@@ -100,6 +113,11 @@ class Average:
         if sens is not None:
             info["estimated_error"] = {"without": round(estimated_error(sens, {}), 6),
                                        "with": round(estimated_error(sens, copies), 6)}
+        if spec == "auto":
+            info["score"] = scored_by
+        if scored_by == "output":  # of the measured layers, at the model's outputs
+            info["estimated_output_error"] = {"without": round(estimated_error(score, {}), 6),  # type: ignore[arg-type]
+                                              "with": round(estimated_error(score, copies), 6)}  # type: ignore[arg-type]
         prog.averaging = info
 
     def _budget(self, prog: Program) -> tuple[int, str]:

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 from anac import driver
-from anac.api import compile_model, load_program, save_program, summary, verify
+from anac.api import _layer_inputs, compile_model, load_program, save_program, summary, verify
+from anac.backends.estimates import layer_sensitivity, output_sensitivity
 from anac.core.errors import AnacError
 from anac.core.estimates import energy, performance
 from anac.core.program import copy_counts
@@ -90,20 +91,82 @@ def test_ideal_mode_with_averaged_copies_equals_onnxruntime(rng: np.random.Gener
 
 def test_auto_prefers_the_more_sensitive_layer_within_the_budget(rng: np.random.Generator) -> None:
     model = _cnn(rng)
-    # conv2 is 4x as sensitive as conv1: its first copies remove the most error per tile
-    prog = compile_model(model, options={"average": "auto", "tiles": 4, "sensitivity": _table(conv1=0.05, conv2=0.2,
-                                                                                              fc=0.01)})
-    assert prog.averaging["copies"] == {"conv2": 4}
+    # conv2 is 4x as sensitive as conv1: its first copies remove the most error per tile (scored by the
+    # given table: the driver alone measures no error at the outputs)
+    prog = driver.compile_model(model, options={"average": "auto", "tiles": 4,
+                                                "sensitivity": _table(conv1=0.05, conv2=0.2, fc=0.01)})
+    assert prog.averaging["copies"] == {"conv2": 4} and prog.averaging["score"] == "layer"
     assert len(prog.tiles_used()) <= 4 and prog.averaging["tiles"] <= prog.averaging["budget_tiles"] == 4
     assert prog.averaging["estimated_error"]["with"] < prog.averaging["estimated_error"]["without"]
     # without a budget option: the tiles of the chip the model occupies, all used, never more
-    prog = compile_model(model, options={"average": "auto", "sensitivity": _table(conv1=0.05, conv2=0.2, fc=0.01)})
+    prog = driver.compile_model(model, options={"average": "auto",
+                                                "sensitivity": _table(conv1=0.05, conv2=0.2, fc=0.01)})
     k = copy_counts(prog)
     assert len(prog.tiles_used()) == prog.averaging["tiles"] == 34 and prog.chips_used == 1
     assert k["conv2"] > k["conv1"] > k["fc"] >= 1
     # measured sensitivities (anac.api measures them for auto)
     prog = compile_model(model, options={"average": "auto", "tiles": 6})
     assert len(prog.tiles_used()) <= 6 and sum(prog.averaging["copies"].values()) > 0
+    assert prog.averaging["score"] == "output"
+    out = prog.averaging["estimated_output_error"]
+    assert 0 < out["with"] < out["without"]
+
+
+def _amplified(rng: np.random.Generator) -> onnx.ModelProto:
+    """y = (x Wa) G + (x Wb) H: G (x100) amplifies a's errors at the output, H (x0.01) damps b's. b's first
+    row is 40x its largest weight and sets its conductance scale, so on inputs whose first feature is ~0 (the
+    calibration data's) its own relative error under device noise is large."""
+    wb = weights(rng, 32, 32)
+    wb[0] = 40 * np.abs(wb).max()
+    nodes = [node("Gemm", ["x", "wa"], ["a"], name="a"), node("Gemm", ["x", "wb"], ["b"], name="b"),
+             node("Gemm", ["a", "g"], ["ga"], name="ga"), node("Gemm", ["b", "h"], ["hb"], name="hb"),
+             node("Add", ["ga", "hb"], ["y"], name="add")]
+    inits = [const("wa", weights(rng, 32, 32)), const("wb", wb),
+             const("g", 100 * np.eye(32, dtype=np.float32)), const("h", 0.01 * np.eye(32, dtype=np.float32))]
+    return make_model(nodes, [tensor("x", [2, 32])], [tensor("y", [2, 32])], inits)
+
+
+def test_auto_scores_layers_by_their_error_at_the_outputs(rng: np.random.Generator) -> None:
+    model = _amplified(rng)
+    data = {"x": rng.standard_normal((6, 32)).astype(np.float32)}
+    data["x"][:, 0] *= 1e-3
+    # one spare tile for the copies: one copy; the 4 layers share one tile
+    prog = compile_model(model, options={"average": "auto", "average.tiles": 2}, calibration_data=data)
+    own = {n: s[prog.matrices[prog.mvms[n].matrices[0]].encoding] for n, s in _measured(model, data).items()}
+    assert own["b"] > 2 * own["a"]  # the old score: b's own error is the larger
+    old = driver.compile_model(model, options={"average": "auto", "average.tiles": 2,
+                                               "sensitivity": _measured(model, data)})
+    assert old.averaging["copies"] == {"b": 2} and old.averaging["score"] == "layer"
+    # at the outputs a (amplified x100) costs far more than b (damped x100): it gets the copy
+    assert prog.averaging["score"] == "output"
+    assert "b" not in prog.averaging["copies"] and prog.averaging["copies"].keys() <= {"a", "ga"}
+    assert len(prog.tiles_used()) <= 2 and prog.averaging["tiles"] <= 2
+    # measured the same way twice: the same choice, the same estimate
+    again = compile_model(model, options={"average": "auto", "average.tiles": 2}, calibration_data=data)
+    assert again.averaging == prog.averaging
+    # more spare tiles: never more than the budget, and without calibration data (seeded random inputs)
+    for tiles in (3, 5):
+        p = compile_model(model, options={"average": "auto", "average.tiles": tiles})
+        assert p.averaging["score"] == "output" and "b" not in p.averaging["copies"]
+        assert len(p.tiles_used()) <= tiles and p.averaging["tiles"] <= tiles
+
+
+def _measured(model: onnx.ModelProto, data: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """The layers' own sensitivities, as the API measures them for auto (on the calibration data's layer inputs)."""
+    prog = driver.compile_model(model, options={"average": ""})
+    return layer_sensitivity(prog, _layer_inputs(prog, data))
+
+
+def test_output_sensitivity_follows_the_gain_after_the_layer(rng: np.random.Generator) -> None:
+    prog = driver.compile_model(_amplified(rng))
+    x = [{"x": rng.standard_normal((2, 32)).astype(np.float32)}]
+    e = output_sensitivity(prog, x, {"a": 0.1, "b": 0.1, "ga": 0.1})
+    # ga's output is nearly all of y: its relative error passes through; b's is damped 10^4 against a's
+    # (its outputs are ~40x larger on these inputs)
+    assert e["ga"] == pytest.approx(0.1, rel=0.05) and e["a"] == pytest.approx(0.1, rel=0.3)
+    assert e["b"] < 1e-2 * e["a"]
+    assert output_sensitivity(prog, x, {"a": 0.1, "b": 0.1}) == {k: e[k] for k in ("a", "b")}  # deterministic
+    assert output_sensitivity(prog, x, {"a": 0.2})["a"] == pytest.approx(2 * e["a"], rel=0.01)  # linear
 
 
 def test_greedy_choice_and_estimated_error() -> None:
