@@ -59,7 +59,8 @@ def compile_model(model: str | Path | onnx.ModelProto, *,
     assign_devices asks for each layer's sensitivity to each encoding
     (backends/estimates.py), measured on the program it is compiling, on layer
     inputs captured from the calibration data when given (and so does average
-    auto, to choose the layers to average); with pruning and
+    auto, then each candidate layer's error at the model's outputs, to choose
+    the layers to average: _Measurements.output_error); with pruning and
     calibration data, input rows are ranked by weight norm times input RMS.
     """
     if tune_ranges and calibration_data is None:
