@@ -86,8 +86,8 @@ def output_sensitivity(prog: Program, batches: Sequence[Mapping[str, np.ndarray]
                        progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """{layer: relative error of the model's outputs} with only that layer's weights perturbed so that its own
     relative output error is ``layer_error[layer]`` (ideal runs on ``batches``; layer inputs as layer_sensitivity)."""
-    ref = [_outputs(Simulator(prog, "ideal"), batches)]
-    den = sum(float(np.sum(np.square(y, dtype=np.float64))) for y in ref[0])
+    ref = _outputs(Simulator(prog, "ideal"), batches)
+    den = sum(float(np.sum(np.square(y))) for y in ref)
     order = {n: i for i, n in enumerate(prog.mvms or {})}
     out: dict[str, float] = {}
     for done, (n, e) in enumerate(layer_error.items()):
@@ -117,7 +117,7 @@ def output_sensitivity(prog: Program, batches: Sequence[Mapping[str, np.ndarray]
         for mid, d in noise.items():
             mats[mid] = replace(mats[mid], weights=(mats[mid].weights + k * d).astype(np.float32))
         got = _outputs(Simulator(replace(prog, matrices=mats), "ideal"), batches)
-        err = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(got, ref[0], strict=True))
+        err = sum(float(np.sum((a - b) ** 2)) for a, b in zip(got, ref, strict=True))
         out[n] = float(np.sqrt(err / den))
         if progress is not None:
             progress(done + 1, len(layer_error))

@@ -246,3 +246,15 @@ def test_a_plan_averages_by_the_size_sensitivity(rng: np.random.Generator, tmp_p
     assert code == 0, err
     rep = json.loads(stdout)
     assert rep["averaging"]["copies"] and rep["averaging"]["tiles"] == rep["tiles"] <= 34
+
+
+def test_auto_falls_back_to_the_own_sensitivity_over_the_layer_cap(rng: np.random.Generator,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import anac.api
+
+    monkeypatch.setattr(anac.api, "OUTPUT_LAYERS", 3)
+    with caplog.at_level("INFO", logger="anac.api"):
+        prog = compile_model(_amplified(rng), options={"average": "auto", "average.tiles": 2})
+    assert prog.averaging["score"] == "layer" and "estimated_output_error" not in prog.averaging
+    assert "4 candidate layers (more than 3): scoring them by their own sensitivity" in caplog.text
