@@ -218,3 +218,18 @@ def assert_clean_error(code: int, err: str, *needles: str) -> None:
     assert err.strip().splitlines()[-1].startswith("error: ")
     for n in needles:
         assert n in err, (n, err)
+
+
+def small_cnn(rng: np.random.Generator, size: int = 16, batch: int = 1) -> onnx.ModelProto:
+    """conv 3x3 (3 -> 8) + ReLU, conv 3x3 (8 -> 16) + ReLU, global average pool, FC 16 -> 10."""
+    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             node("Relu", ["c1"], ["r1"], name="relu1"),
+             node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             node("Relu", ["c2"], ["r2"], name="relu2"),
+             node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+             node("Flatten", ["g"], ["f"], name="flat"),
+             node("Gemm", ["f", "w3", "b3"], ["y"], name="fc")]
+    inits = [const("w1", weights(rng, 8, 3, 3, 3)), const("b1", weights(rng, 8)),
+             const("w2", weights(rng, 16, 8, 3, 3)), const("b2", weights(rng, 16)),
+             const("w3", weights(rng, 16, 10)), const("b3", weights(rng, 10))]
+    return make_model(nodes, [tensor("x", [batch, 3, size, size])], [tensor("y", [batch, 10])], inits)

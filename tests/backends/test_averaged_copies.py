@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from anac.api import compile_model
 from anac.backends.calibrate import calibrate
 from anac.backends.simulator import Simulator
-from helpers import const, make_model, node, tensor, weights
-
-
-def _cnn(rng: np.random.Generator) -> onnx.ModelProto:
-    """conv 3x3 (3 -> 8) + ReLU, conv 3x3 (8 -> 16) + ReLU, global average pool, FC 16 -> 10."""
-    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             node("Relu", ["c1"], ["r1"], name="relu1"),
-             node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             node("Relu", ["c2"], ["r2"], name="relu2"),
-             node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
-             node("Flatten", ["g"], ["f"], name="flat"),
-             node("Gemm", ["f", "w3", "b3"], ["y"], name="fc")]
-    inits = [const("w1", weights(rng, 8, 3, 3, 3)), const("b1", weights(rng, 8)),
-             const("w2", weights(rng, 16, 8, 3, 3)), const("b2", weights(rng, 16)),
-             const("w3", weights(rng, 16, 10)), const("b3", weights(rng, 10))]
-    return make_model(nodes, [tensor("x", [1, 3, 16, 16])], [tensor("y", [1, 10])], inits)
+from helpers import small_cnn
 
 
 def _spy(sim: Simulator, layer: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -48,7 +32,7 @@ def _spy(sim: Simulator, layer: str) -> tuple[list[np.ndarray], list[np.ndarray]
 
 
 def test_output_is_the_mean_of_the_copies(rng: np.random.Generator) -> None:
-    prog = compile_model(_cnn(rng), options={"average": "conv2=3,fc=3"})
+    prog = compile_model(small_cnn(rng), options={"average": "conv2=3,fc=3"})
     calibrate(prog, seed=0)
     x = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
     sim = Simulator(prog, "hardware")
@@ -75,7 +59,7 @@ def test_output_is_the_mean_of_the_copies(rng: np.random.Generator) -> None:
 
 
 def test_error_falls_with_the_number_of_copies(rng: np.random.Generator) -> None:
-    model = _cnn(rng)
+    model = small_cnn(rng)
     x = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
     error = {}
     for k in (1, 4):

@@ -15,22 +15,18 @@ from anac.core.errors import AnacError
 from anac.core.estimates import energy, performance
 from anac.core.program import copy_counts
 from anac.passes.average import choose, estimated_error
-from helpers import assert_clean_error, assert_verified, const, make_model, node, run_cli, save, tensor, weights
-
-
-def _cnn(rng: np.random.Generator, batch: int = 1) -> onnx.ModelProto:
-    """conv 3x3 (3 -> 8) + ReLU, conv 3x3 (8 -> 16) + ReLU, global average pool, FC 16 -> 10."""
-    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             node("Relu", ["c1"], ["r1"], name="relu1"),
-             node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             node("Relu", ["c2"], ["r2"], name="relu2"),
-             node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
-             node("Flatten", ["g"], ["f"], name="flat"),
-             node("Gemm", ["f", "w3", "b3"], ["y"], name="fc")]
-    inits = [const("w1", weights(rng, 8, 3, 3, 3)), const("b1", weights(rng, 8)),
-             const("w2", weights(rng, 16, 8, 3, 3)), const("b2", weights(rng, 16)),
-             const("w3", weights(rng, 16, 10)), const("b3", weights(rng, 10))]
-    return make_model(nodes, [tensor("x", [batch, 3, 16, 16])], [tensor("y", [batch, 10])], inits)
+from helpers import (
+    assert_clean_error,
+    assert_verified,
+    const,
+    make_model,
+    node,
+    run_cli,
+    save,
+    small_cnn,
+    tensor,
+    weights,
+)
 
 
 def _table(**sens: float) -> dict[str, dict[str, float]]:
@@ -38,7 +34,7 @@ def _table(**sens: float) -> dict[str, dict[str, float]]:
 
 
 def test_averaged_copies_run_every_product_at_the_same_time_for_more_energy(rng: np.random.Generator) -> None:
-    model = _cnn(rng)
+    model = small_cnn(rng)
     base = compile_model(model)
     prog = compile_model(model, options={"average": "conv1=4,conv2=2"})
     assert copy_counts(prog) == {"conv1": 4, "conv2": 2, "fc": 1}
@@ -64,7 +60,7 @@ def test_averaged_copies_run_every_product_at_the_same_time_for_more_energy(rng:
 
 
 def test_ideal_mode_with_averaged_copies_equals_onnxruntime(rng: np.random.Generator, tmp_path: Path) -> None:
-    model = _cnn(rng, batch=2)
+    model = small_cnn(rng, batch=2)
     path = save(model, tmp_path)
     prog = compile_model(path, options={"average": "conv1=3,conv2=4,fc=2", "replicate": "conv2=1"})
     assert_verified(verify(path, program=prog), 1e-5)
@@ -90,7 +86,7 @@ def test_ideal_mode_with_averaged_copies_equals_onnxruntime(rng: np.random.Gener
 
 
 def test_auto_prefers_the_more_sensitive_layer_within_the_budget(rng: np.random.Generator) -> None:
-    model = _cnn(rng)
+    model = small_cnn(rng)
     # conv2 is 4x as sensitive as conv1: its first copies remove the most error per tile (scored by the
     # given table: the driver alone measures no error at the outputs)
     prog = driver.compile_model(model, options={"average": "auto", "tiles": 4,
@@ -180,7 +176,7 @@ def test_greedy_choice_and_estimated_error() -> None:
 
 def test_auto_needs_sensitivities(rng: np.random.Generator) -> None:
     with pytest.raises(AnacError, match="--average auto chooses layers by their measured sensitivity"):
-        driver.compile_model(_cnn(rng), options={"average": "auto"})
+        driver.compile_model(small_cnn(rng), options={"average": "auto"})
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -196,7 +192,7 @@ def test_auto_needs_sensitivities(rng: np.random.Generator) -> None:
 ])
 def test_bad_average_is_a_clean_cli_error(rng: np.random.Generator, tmp_path: Path, args: list[str],
                                           needles: list[str]) -> None:
-    path = save(_cnn(rng), tmp_path)
+    path = save(small_cnn(rng), tmp_path)
     out = tmp_path / "m.anac"
     code, _, err = run_cli("compile", path, *args, "-o", out)
     assert_clean_error(code, err, *needles)
@@ -206,7 +202,7 @@ def test_bad_average_is_a_clean_cli_error(rng: np.random.Generator, tmp_path: Pa
 def test_cli_compile_inspect_and_html_show_averaged_copies(rng: np.random.Generator, tmp_path: Path) -> None:
     from anac.htmlreport import render_html
 
-    path = save(_cnn(rng), tmp_path)
+    path = save(small_cnn(rng), tmp_path)
     out = tmp_path / "m.anac"
     code, stdout, err = run_cli("compile", path, "--average", "auto", "--tiles", "8", "--json", "-q", "-o", out)
     assert code == 0, err
@@ -240,7 +236,7 @@ def test_auto_measures_packed_depthwise_layers_on_calibration_data(rng: np.rando
 
 
 def test_a_plan_averages_by_the_size_sensitivity(rng: np.random.Generator, tmp_path: Path) -> None:
-    path = save(_cnn(rng), tmp_path)
+    path = save(small_cnn(rng), tmp_path)
     code, stdout, err = run_cli("compile", path, "--plan-only", "--average", "auto", "--json", "-q",
                                 "-o", tmp_path / "m.plan.anac")
     assert code == 0, err

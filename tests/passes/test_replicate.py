@@ -18,24 +18,9 @@ from anac.core.errors import AnacError, CapacityError
 from anac.core.estimates import performance
 from anac.core.program import copy_counts
 from click.testing import CliRunner
-from helpers import assert_verified, const, make_model, node, save, tensor, weights
+from helpers import assert_verified, const, make_model, node, save, small_cnn, tensor, weights
 
 RNNT_SMALL = Path(__file__).resolve().parents[2] / "models" / "rnnt_small.onnx"
-
-
-def _cnn(rng: np.random.Generator, size: int = 16, batch: int = 1) -> onnx.ModelProto:
-    """conv 3x3 (3 -> 8) + ReLU, conv 3x3 (8 -> 16) + ReLU, global average pool, FC 16 -> 10."""
-    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             node("Relu", ["c1"], ["r1"], name="relu1"),
-             node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             node("Relu", ["c2"], ["r2"], name="relu2"),
-             node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
-             node("Flatten", ["g"], ["f"], name="flat"),
-             node("Gemm", ["f", "w3", "b3"], ["y"], name="fc")]
-    inits = [const("w1", weights(rng, 8, 3, 3, 3)), const("b1", weights(rng, 8)),
-             const("w2", weights(rng, 16, 8, 3, 3)), const("b2", weights(rng, 16)),
-             const("w3", weights(rng, 16, 10)), const("b3", weights(rng, 10))]
-    return make_model(nodes, [tensor("x", [batch, 3, size, size])], [tensor("y", [batch, 10])], inits)
 
 
 def _by_tile(prog) -> dict:  # type: ignore[no-untyped-def]
@@ -46,7 +31,7 @@ def _by_tile(prog) -> dict:  # type: ignore[no-untyped-def]
 
 
 def test_copies_are_placed_slices_and_share_the_products(rng: np.random.Generator) -> None:
-    model = _cnn(rng)
+    model = small_cnn(rng)
     base = compile_model(model)
     prog = compile_model(model, options={"replicate": "conv1=3,conv2=2"})
     assert copy_counts(prog) == {"conv1": 3, "conv2": 2, "fc": 1}
@@ -82,7 +67,7 @@ def test_copies_are_placed_slices_and_share_the_products(rng: np.random.Generato
 
 
 def test_ideal_mode_with_copies_equals_onnxruntime(rng: np.random.Generator, tmp_path: Path) -> None:
-    model = _cnn(rng, batch=2)
+    model = small_cnn(rng, batch=2)
     path = save(model, tmp_path)
     prog = compile_model(path, options={"replicate": "conv1=3,conv2=4,fc=2"})
     assert_verified(verify(path, program=prog), 1e-5)
@@ -94,7 +79,7 @@ def test_ideal_mode_with_copies_equals_onnxruntime(rng: np.random.Generator, tmp
 
 
 def test_hardware_mode_runs_each_copy_on_its_own_devices(rng: np.random.Generator) -> None:
-    model = _cnn(rng)
+    model = small_cnn(rng)
     prog = compile_model(model, options={"replicate": "conv2=2"})
     calibrate(prog, seed=0)
     x = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
@@ -133,7 +118,7 @@ def test_hardware_mode_runs_each_copy_on_its_own_devices(rng: np.random.Generato
 
 
 def test_auto_balances_the_pipeline_within_the_budget(rng: np.random.Generator) -> None:
-    model = _cnn(rng, size=32)
+    model = small_cnn(rng, size=32)
     base = compile_model(model)
     prog = compile_model(model, options={"replicate": "auto"})
     r = prog.replication
@@ -168,7 +153,7 @@ def test_recurrent_layers_share_steps_across_copies(tmp_path: Path) -> None:
 
 
 def test_estimate_counts_products_per_layer_and_names_the_bounding_stage(rng: np.random.Generator) -> None:
-    prog = compile_model(_cnn(rng, size=32))
+    prog = compile_model(small_cnn(rng, size=32))
     perf = performance(prog)
     step = prog.hardware.mvm_time_ns * 1e-9
     assert prog.hardware.mvm_time_ns == 300.0  # the paper's step
@@ -198,7 +183,7 @@ def test_copy_vectors_split_evenly() -> None:
 
 
 def test_cli_compile_reports_the_estimate_and_copies(rng: np.random.Generator, tmp_path: Path) -> None:
-    path = save(_cnn(rng), tmp_path)
+    path = save(small_cnn(rng), tmp_path)
     res = CliRunner().invoke(main, ["compile", str(path), "--replicate", "auto", "--json", "-q"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output)
@@ -218,7 +203,7 @@ def test_cli_compile_reports_the_estimate_and_copies(rng: np.random.Generator, t
                           "occupies (34 tiles) gives 34"),
 ])
 def test_bad_replicate_is_a_clear_error(rng: np.random.Generator, tmp_path: Path, spec: str, message: str) -> None:
-    path = save(_cnn(rng), tmp_path)
+    path = save(small_cnn(rng), tmp_path)
     out = tmp_path / "m.anac"
     res = CliRunner().invoke(main, ["compile", str(path), "--replicate", spec, "-o", str(out)])
     assert res.exit_code == 1, res.output
@@ -229,7 +214,7 @@ def test_bad_replicate_is_a_clear_error(rng: np.random.Generator, tmp_path: Path
 
 
 def test_chip_budget_bounds_the_copies(rng: np.random.Generator, tmp_path: Path) -> None:
-    path = save(_cnn(rng), tmp_path)
+    path = save(small_cnn(rng), tmp_path)
     res = CliRunner().invoke(main, ["compile", str(path), "--replicate", "conv1=40", "--chips", "1"])
     assert res.exit_code == 1
     assert "needs 41 tiles" in res.output and "--chips 1 (34 tiles) gives 34" in res.output
@@ -243,7 +228,7 @@ def test_inspect_and_html_show_busy_time_per_layer(rng: np.random.Generator, tmp
     from anac.htmlreport import render_html
     from anac.views import busy_bars
 
-    prog = compile_model(_cnn(rng), options={"replicate": "conv1=2"})
+    prog = compile_model(small_cnn(rng), options={"replicate": "conv1=2"})
     perf = performance(prog)
     out = save_program(prog, tmp_path / "m.anac")
     res = CliRunner().invoke(main, ["inspect", str(out)])
@@ -319,6 +304,6 @@ def test_encodings_per_slice_fill_spare_tiles(rng: np.random.Generator) -> None:
 def test_energy_counts_each_product_once_whatever_the_copies(rng: np.random.Generator) -> None:
     from anac.core.estimates import energy
 
-    model = _cnn(rng)
+    model = small_cnn(rng)
     one, three = energy(compile_model(model)), energy(compile_model(model, options={"replicate": "conv1=3"}))
     assert one["macs"] == three["macs"] == 256 * (27 * 8 + 72 * 16) + 16 * 10
