@@ -1279,6 +1279,17 @@ def _plain(mvm: MVM, prog: Program) -> bool:
         and prog.matrices[mvm.matrices[0]].kept_rows is None  # type: ignore[index]
 
 
+def _host_step(cell: Any, s: tuple, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> None:  # type: ignore[type-arg]
+    """Append a cell step that is not a product (a concat, an add or a host model, inlined) to a graph."""
+    if s[0] == "concat":
+        nodes.append(helper.make_node("Concat", list(s[2]), [s[1]], axis=1))
+    elif s[0] == "add":
+        nodes.append(helper.make_node("Add", list(s[2]), [s[1]]))
+    else:
+        more, more_inits = _inline(cell.models[s[1]], f"m{s[1]}/")
+        nodes += more
+        inits += more_inits
+
 def _cell_model(cell: Any, weights: Mapping[str, np.ndarray], width: int) -> tuple[
         onnx.ModelProto, list[tuple[str, np.ndarray]]]:
     """Ideal mode: a recurrent cell's step as one ONNX graph from x, h, c (those it reads) and the products
@@ -1303,14 +1314,8 @@ def _cell_model(cell: Any, weights: Mapping[str, np.ndarray], width: int) -> tup
             else:
                 inits.append(numpy_helper.from_array(np.ascontiguousarray(w), f"{node}/W"))
                 nodes.append(helper.make_node("MatMul", [inp, f"{node}/W"], [out]))
-        elif s[0] == "concat":
-            nodes.append(helper.make_node("Concat", list(s[2]), [s[1]], axis=1))
-        elif s[0] == "add":
-            nodes.append(helper.make_node("Add", list(s[2]), [s[1]]))
         else:
-            more, more_inits = _inline(cell.models[s[1]], f"m{s[1]}/")
-            nodes += more
-            inits += more_inits
+            _host_step(cell, s, nodes, inits)
     model = _pruned(nodes, inits, "cell")  # without what h_new and c_new do not need (the concats split above)
     inputs = {i.name for i in model.graph.input}
     return model, [(n, w) for n, w in pre if n in inputs]
@@ -1438,14 +1443,8 @@ def _hw_cell_model(cell: Any, split: Mapping[str, _SplitProduct], given: set[str
                 pads = const(f"{out}/pads", np.array([0, lo, 0, sp.n - hi], np.int64))
                 nodes += [helper.make_node("Pad", [f"{out}@xo", pads], [f"{out}/xo"]),
                           helper.make_node("Add", [y, f"{out}/xo"], [out])]
-        elif s[0] == "concat":
-            nodes.append(helper.make_node("Concat", list(s[2]), [s[1]], axis=1))
-        elif s[0] == "add":
-            nodes.append(helper.make_node("Add", list(s[2]), [s[1]]))
         else:
-            more, more_inits = _inline(cell.models[s[1]], f"m{s[1]}/")
-            nodes += more
-            inits += more_inits
+            _host_step(cell, s, nodes, inits)
     model = _pruned(nodes, inits, "hardware cell")
     if {i.name for i in model.graph.input} - given - {"h", "c"}:
         return None

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from anac.api import compile_model
-from anac.backends.calibrate import calibrate
+from anac.backends.calibrate import calibrate, tune_ranges
 from anac.backends.simulator import Simulator
 from anac.core.hardware import HardwareSpec, load_hardware
 from anac.core.program import Program
@@ -93,6 +93,11 @@ COLUMNS: dict[str, tuple[Callable[[], HardwareSpec], bool, bool, float | None, s
     "averaged (auto)": (lambda: _hw(8), False, True, None, None, "column", None, (("average", "auto"),)),
     "averaged 2 chips": (lambda: _hw(8), False, True, None, None, "column", None,
                          (("average", "auto"), ("average.chips", 2))),
+    # ("tune", True): not a compile option; the ranges are tuned for the noisy chip after calibrating
+    # (backends/calibrate.py tune_ranges, on the calibration images and a chip instance of its own)
+    "PCM 8b tuned": (lambda: _hw(8), False, True, None, None, "column", None, (("tune", True),)),
+    "averaged tuned": (lambda: _hw(8), False, True, None, None, "column", None,
+                       (("average", "auto"), ("tune", True))),
 }
 HEADLINE = "PCM 8b"
 
@@ -178,7 +183,8 @@ def main() -> None:
             keys = {COLUMNS[c][5:] for c in cols} | ({("column", None, ())} if args.attribute else set())
             bases = {(scale, enc, more): compile_model(path, input_shapes={"input": x.shape},
                                                        progress=lambda _m: None,
-                                                       options={"scale": scale, "encoding": enc, **dict(more)},
+                                                       options={"scale": scale, "encoding": enc,
+                                                                **{k: v for k, v in more if k != "tune"}},
                                                        calibration_data=calib if more else None)
                      for scale, enc, more in sorted(keys, key=str)}
             row = table.setdefault(name, {})
@@ -188,6 +194,8 @@ def main() -> None:
                 prog = copy.copy(base)  # the same mapping; other device model, bits and ranges
                 prog.hardware = hw()
                 calibrate(prog, {"input": x} if on_test else calib, percentile=pct)
+                if dict(more).get("tune"):
+                    tune_ranges(prog, calib)
                 row[col] = rel_err(prog, x, ref, args.seeds, comp, exact_layers)
             if args.attribute:
                 prog = copy.copy(bases[("column", None, ())])
