@@ -772,12 +772,7 @@ class Simulator:
         if self._hw_scans[key] is None:
             return None
         sess, names = self._hw_scans[key]
-        if lens is not None:
-            arrays["active"] = (np.arange(seq)[:, None] < lens[None, :])[:, :, None]
-        feeds = {"h0": h, "c0": c}
-        feeds.update({f"scan:{n}": np.ascontiguousarray(arrays[n][::-1]) if reverse else arrays[n] for n in names})
-        h_t, c_t, ys = run_session(sess, feeds, f"the cell of {rec.node} (direction {d})")
-        return (ys[::-1] if reverse else ys), h_t, c_t
+        return _run_scan(sess, names, arrays, h, c, seq, lens, reverse, f"the cell of {rec.node} (direction {d})")
 
     def _product(self, key: Any, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Ideal mode: x @ w in float32, on an onnxruntime MatMul (made once under ``key``) when w is large."""
@@ -812,12 +807,7 @@ class Simulator:
         flat = xd.reshape(seq * batch, width)
         arrays = {n: self._product(("cell", rec.node, d, n), flat, w).reshape(seq, batch, -1) for n, w in pre}
         arrays["x"] = xd
-        if lens is not None:
-            arrays["active"] = (np.arange(seq)[:, None] < lens[None, :])[:, :, None]
-        feeds = {"h0": h, "c0": c}
-        feeds.update({f"scan:{n}": np.ascontiguousarray(arrays[n][::-1]) if reverse else arrays[n] for n in names})
-        h_t, c_t, ys = run_session(sess, feeds, f"the cell of {rec.node} (direction {d})")
-        return (ys[::-1] if reverse else ys), h_t, c_t
+        return _run_scan(sess, names, arrays, h, c, seq, lens, reverse, f"the cell of {rec.node} (direction {d})")
 
     def _run_mvm(self, mvm: MVM, x: np.ndarray, step: int = 0) -> np.ndarray:
         if self.mode == "hardware" and any(m in self._copies for m in mvm.matrices):
@@ -1278,6 +1268,17 @@ def _plain(mvm: MVM, prog: Program) -> bool:
         and mvm.activation is None and not (p.get("x_transpose") or p.get("y_transpose") or p.get("squeeze")) \
         and prog.matrices[mvm.matrices[0]].kept_rows is None  # type: ignore[index]
 
+
+def _run_scan(sess: Any, names: Sequence[str], arrays: dict[str, np.ndarray], h: np.ndarray, c: np.ndarray,
+              seq: int, lens: np.ndarray | None, reverse: bool, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run a direction's Scan session: per-step inputs ``arrays`` (seq, batch, ...), reversed for a reverse
+    direction, the mask of active steps when some sequences are short; (Y, h, c) in the sequence's order."""
+    if lens is not None:
+        arrays["active"] = (np.arange(seq)[:, None] < lens[None, :])[:, :, None]
+    feeds = {"h0": h, "c0": c}
+    feeds.update({f"scan:{n}": np.ascontiguousarray(arrays[n][::-1]) if reverse else arrays[n] for n in names})
+    h_t, c_t, ys = run_session(sess, feeds, what)
+    return (ys[::-1] if reverse else ys), h_t, c_t
 
 def _host_step(cell: Any, s: tuple, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> None:  # type: ignore[type-arg]
     """Append a cell step that is not a product (a concat, an add or a host model, inlined) to a graph."""
