@@ -18,7 +18,9 @@ set, as in some development shells, every child would otherwise compile anac's s
 from __future__ import annotations
 
 import compileall
+import contextlib
 import importlib
+import io
 import json
 import os
 import shutil
@@ -96,9 +98,6 @@ def run_child(args: Sequence[str]) -> tuple[float, int, dict[str, Any]]:
 
 def run_in_process(args: Sequence[str]) -> float:
     """Wall seconds of the same command run in this process (imports already loaded), output discarded."""
-    import contextlib
-    import io
-
     from anac.cli import main
 
     t = time.perf_counter()
